@@ -1,0 +1,30 @@
+"""flowforge: normalizing flows on PyTorch, every log-determinant verified.
+
+>>> import torch, flowforge as ff
+>>> flow = ff.models.realnvp(dim=2, layers=8, hidden=(64, 64))
+>>> flow.log_prob(torch.randn(512, 2)).shape
+torch.Size([512])
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from . import distributions, models, nn, transforms
+from .distributions import DiagNormal, StandardLogistic, StandardNormal
+from .flow import Flow
+
+try:
+    __version__ = version("flowforge")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = [
+    "DiagNormal",
+    "Flow",
+    "StandardLogistic",
+    "StandardNormal",
+    "__version__",
+    "distributions",
+    "models",
+    "nn",
+    "transforms",
+]

@@ -1,0 +1,171 @@
+"""Model builders: one function per architecture, each returning a :class:`~flowforge.Flow`.
+
+Every builder records its arguments in ``flow.config`` (plain JSON-able values), from which
+:func:`build` makes the same architecture again.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from torch import nn
+
+from .distributions import make_base
+from .flow import Flow
+from .transforms import (
+    AdditiveCoupling,
+    AffineCoupling,
+    Compose,
+    DiagonalScaling,
+    Inverse,
+    Planar,
+    Radial,
+    half_mask,
+    odd_even_mask,
+)
+
+MODELS: dict[str, Callable[..., Flow]] = {}
+
+MASKS = {"half": half_mask, "odd-even": odd_even_mask}
+
+
+def _builder(function: Callable[..., Flow]) -> Callable[..., Flow]:
+    """Register a builder in :data:`MODELS` and record its bound arguments in ``flow.config``."""
+    signature = inspect.signature(function)
+
+    @functools.wraps(function)
+    def build_and_record(*args: Any, **kwargs: Any) -> Flow:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        flow = function(*bound.args, **bound.kwargs)
+        arguments = {k: list(v) if isinstance(v, tuple) else v for k, v in bound.arguments.items()}
+        flow.config = {"model": function.__name__, **arguments}
+        return flow
+
+    MODELS[function.__name__] = build_and_record
+    return build_and_record
+
+
+def build(config: dict[str, Any]) -> Flow:
+    """Rebuild a model from a ``flow.config`` dictionary (fresh parameters)."""
+    config = dict(config)
+    name = config.pop("model", None)
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; expected one of {sorted(MODELS)}")
+    return MODELS[name](**config)
+
+
+def _check_int(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_hidden(hidden: Sequence[int]) -> tuple[int, ...]:
+    hidden = tuple(hidden)
+    if not hidden or not all(isinstance(h, int) and h > 0 for h in hidden):
+        raise ValueError(f"hidden must be a non-empty sequence of positive widths, got {hidden!r}")
+    return hidden
+
+
+def _alternating_masks(kind: str, dim: int, layers: int) -> list:
+    if kind not in MASKS:
+        raise ValueError(f"unknown mask {kind!r}; expected one of {sorted(MASKS)}")
+    return [MASKS[kind](dim, i % 2 == 0) for i in range(layers)]
+
+
+@_builder
+def realnvp(
+    dim: int,
+    layers: int = 8,
+    hidden: Sequence[int] = (64, 64),
+    *,
+    mask: str = "half",
+    activation: str = "relu",
+    scale_bound: float = 3.0,
+    base: str = "normal",
+    context_dim: int = 0,
+) -> Flow:
+    r"""Real NVP (Dinh et al. 2016) on vectors: ``layers`` affine couplings.
+
+    Consecutive layers keep complementary parts (``mask="half"``: first half, then second
+    half; ``"odd-even"``: even, then odd indices), so every feature is transformed. Each
+    conditioner is an MLP with the given ``hidden`` widths; see :class:`AffineCoupling` for the
+    bounded scale. Shapes ``(batch, dim)``.
+    """
+    _check_int("dim", dim, 2)
+    _check_int("layers", layers, 1)
+    hidden = _check_hidden(hidden)
+    couplings = [
+        AffineCoupling(
+            m,
+            hidden=hidden,
+            activation=activation,
+            scale_bound=scale_bound,
+            context_dim=context_dim,
+        )
+        for m in _alternating_masks(mask, dim, layers)
+    ]
+    return Flow(Compose(*couplings), make_base(base, dim))
+
+
+@_builder
+def nice(
+    dim: int,
+    layers: int = 4,
+    hidden: Sequence[int] = (1000,) * 5,
+    *,
+    mask: str = "odd-even",
+    activation: str = "relu",
+    base: str = "logistic",
+    context_dim: int = 0,
+) -> Flow:
+    r"""NICE (Dinh et al. 2014): ``layers`` additive couplings, then a diagonal scaling.
+
+    .. math:: z = e^{s} \odot (g_L \circ \dots \circ g_1)(x), \qquad
+              \log p(x) = \log p_z(z) + \textstyle\sum_i s_i
+
+    As in the paper's MNIST model: partitions alternate between odd and even indices,
+    conditioners are ReLU MLPs (5 x 1000 by default) and the base is the standard logistic.
+    Shapes ``(batch, dim)``.
+    """
+    _check_int("dim", dim, 2)
+    _check_int("layers", layers, 1)
+    hidden = _check_hidden(hidden)
+    couplings = [
+        AdditiveCoupling(m, hidden=hidden, activation=activation, context_dim=context_dim)
+        for m in _alternating_masks(mask, dim, layers)
+    ]
+    return Flow(Compose(*couplings, DiagonalScaling(dim)), make_base(base, dim))
+
+
+def _generative(layers: list[nn.Module]) -> Inverse:
+    """The data -> latent transform of a flow whose layers are defined from latent to data."""
+    return Inverse(Compose(*layers))
+
+
+@_builder
+def planar(dim: int, layers: int = 8, *, base: str = "normal") -> Flow:
+    r"""Planar flow (Rezende & Mohamed 2015): :math:`x = f_K \circ \dots \circ f_1(z_0)`.
+
+    The layers are defined in the generative direction (see :class:`Planar`); ``log_prob(x)``
+    inverts them exactly. ``base="diag-normal"`` gives the learnable Gaussian used for
+    variational inference. Shapes ``(batch, dim)``.
+    """
+    _check_int("dim", dim, 1)
+    _check_int("layers", layers, 1)
+    return Flow(_generative([Planar(dim) for _ in range(layers)]), make_base(base, dim))
+
+
+@_builder
+def radial(dim: int, layers: int = 8, *, base: str = "normal") -> Flow:
+    r"""Radial flow (Rezende & Mohamed 2015): :math:`x = f_K \circ \dots \circ f_1(z_0)`.
+
+    The layers are defined in the generative direction (see :class:`Radial`); ``log_prob(x)``
+    inverts them in closed form. Shapes ``(batch, dim)``.
+    """
+    _check_int("dim", dim, 1)
+    _check_int("layers", layers, 1)
+    return Flow(_generative([Radial(dim) for _ in range(layers)]), make_base(base, dim))
