@@ -26,7 +26,9 @@ def demo(seed: int = 0) -> None:
         "planar": dict(dim=2, layers=32),
         "radial": dict(dim=2, layers=32),
     }
-    print(f"flowforge {__version__}, torch {torch.__version__}, random untrained models, seed {seed}")
+    print(
+        f"flowforge {__version__}, torch {torch.__version__}, random untrained weights, seed {seed}"
+    )
     print(
         f"{'model':8} {'dim':>4} {'params':>10} {'mean log p(x)':>14} "
         f"{'sample mean':>12} {'sample std':>11} {'round trip':>11} {'|log q - log p|':>16} "
