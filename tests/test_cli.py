@@ -5,6 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import numpy as np
+import pytest
+import torch
+import yaml
+
 import flowforge
 from flowforge.cli import main
 
@@ -27,3 +32,96 @@ def test_demo_prints_every_model(capsys):
         row = next(line for line in out.splitlines() if line.startswith(name))
         round_trip, gap = (float(v) for v in row.split()[-3:-1])
         assert round_trip < 1e-3 and gap < 1e-3
+
+
+def fit_tiny(tmp_path, *extra):
+    out = tmp_path / "run"
+    args = ["fit", "--data", "two-moons", "--model", "realnvp", "--out", str(out)]
+    args += ["--n", "1500", "--epochs", "2", "--layers", "2", "--hidden", "8,8", "--no-progress"]
+    assert main([*args, *extra]) == 0
+    return out
+
+
+def test_fit_eval_sample_plot_from_the_command_line(tmp_path, capsys):
+    out = fit_tiny(tmp_path)
+    for name in ("config.yaml", "model.json", "model.safetensors", "checkpoint.safetensors"):
+        assert (out / name).stat().st_size > 0, name
+    metrics = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(metrics) == 2 and '"val_nll"' in metrics[0]
+    for figure in ("loss", "density", "samples", "layers"):
+        assert (out / "plots" / f"{figure}.png").stat().st_size > 10_000, figure
+
+    capsys.readouterr()
+    assert main(["eval", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "full-covariance Gaussian" in table and "true entropy H(p)" in table
+    assert (out / "eval.json").exists()
+
+    samples_path = tmp_path / "samples.npy"
+    assert main(["sample", str(out), "-n", "300", "--out", str(samples_path)]) == 0
+    samples = np.load(samples_path)
+    assert samples.shape == (300, 2) and np.isfinite(samples).all()
+
+    (out / "plots" / "density.png").unlink()
+    assert main(["plot", str(out)]) == 0
+    assert (out / "plots" / "density.png").exists()
+
+    flow = flowforge.load(out)
+    x = torch.from_numpy(samples)
+    assert torch.equal(flow.log_prob(x), flowforge.load(out).log_prob(x))
+
+
+def test_config_file_with_flag_overrides(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("epochs: 3\nlr: 1e-3\nhidden: [8]\nlayers: 2\nn: 1000\nschedule: null\n")
+    out = fit_tiny(tmp_path, "--config", str(config))  # --epochs 2 on the command line wins
+    resolved = yaml.safe_load((out / "config.yaml").read_text())
+    assert resolved["epochs"] == 2 and resolved["lr"] == 1e-3 and resolved["schedule"] is None
+    assert resolved["hidden"] == [8, 8] and resolved["n"] == 1500
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("lr: fast\n", "config value 'lr' must be a positive number, got 'fast'"),
+        ("epochs: -3\n", "config value 'epochs' must be a positive integer, got -3"),
+        ("learning_rate: 0.1\n", "unknown config key 'learning_rate'"),
+        ("hidden: 64\n", "config value 'hidden' must be a list of positive widths"),
+        ("data: moons\n", "config value 'data' must be one of"),
+        ("model: glow9\n", "config value 'model' must be one of"),
+        ("- a\n- list\n", "must hold a mapping of options"),
+    ],
+)
+def test_bad_config_gives_one_clear_line(tmp_path, capsys, content, message):
+    config = tmp_path / "bad.yaml"
+    config.write_text(content)
+    code = main(["fit", "--config", str(config), "--out", str(tmp_path / "run"), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and message in err, err
+
+
+def test_list_shows_every_dataset_and_model(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in [*flowforge.datasets.DATASETS, *flowforge.models.MODELS]:
+        assert f"  {name} " in out
+
+
+def test_option_that_a_model_does_not_take(tmp_path, capsys):
+    args = ["fit", "--data", "two-moons", "--model", "planar", "--hidden", "8"]
+    code = main([*args, "--out", str(tmp_path / "run"), "--no-progress", "--epochs", "1"])
+    assert code == 2 and "model 'planar' has no option 'hidden'" in capsys.readouterr().err
+
+
+def test_image_data_reports_bits_per_dim_and_draws_sample_grids(tmp_path, capsys):
+    out = tmp_path / "digits"
+    args = ["fit", "--data", "digits", "--model", "nice", "--out", str(out), "--epochs", "1"]
+    assert main([*args, "--hidden", "16", "--layers", "2", "--no-progress"]) == 0
+    for figure in ("loss", "samples", "data"):
+        assert (out / "plots" / f"{figure}.png").stat().st_size > 5_000, figure
+    capsys.readouterr()
+    assert main(["eval", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "bits/dim" in table and "digits, test split, 269 samples" in table
+    assert main(["plot", str(out), "--temperature", "0.5"]) == 0

@@ -8,9 +8,11 @@ torch.Size([512])
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import distributions, models, nn, transforms
+from . import baselines, datasets, distributions, models, nn, transforms
 from .distributions import DiagNormal, StandardLogistic, StandardNormal
 from .flow import Flow
+from .io import load, save
+from .training import History, Report, evaluate, fit
 
 try:
     __version__ = version("flowforge")
@@ -20,11 +22,19 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 __all__ = [
     "DiagNormal",
     "Flow",
+    "History",
+    "Report",
     "StandardLogistic",
     "StandardNormal",
     "__version__",
+    "baselines",
+    "datasets",
     "distributions",
+    "evaluate",
+    "fit",
+    "load",
     "models",
     "nn",
+    "save",
     "transforms",
 ]

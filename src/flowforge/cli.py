@@ -6,7 +6,9 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from . import __version__, models
@@ -57,6 +59,48 @@ def demo(seed: int = 0) -> None:
     print("round trip: max |f^-1(f(x)) - x|; last column: sample_and_log_prob vs log_prob.")
 
 
+def _widths(text: str) -> list[int]:
+    try:
+        widths = [int(w) for w in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated widths such as 64,64, got {text!r}"
+        ) from None
+    return widths
+
+
+def _add_fit(commands) -> None:
+    fit = commands.add_parser(
+        "fit",
+        help="train a flow on a dataset by maximum likelihood and write a run directory",
+        description="Train a flow by maximum likelihood. Every option can also be set in a "
+        "YAML file (--config); flags given here override the file.",
+    )
+    fit.add_argument("--out", required=True, help="run directory to write")
+    fit.add_argument("--config", help="YAML file of options (keys as the flags, with _)")
+    fit.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
+    options = fit.add_argument_group("options (default: see flowforge.config.DEFAULTS)")
+    options.add_argument("--data", help="dataset name (flowforge list)")
+    options.add_argument("--model", help="model name (flowforge list)")
+    options.add_argument("--data-dir", help="directory of data files (MNIST)")
+    options.add_argument("--n", type=int, help="toy samples in all splits; MNIST training limit")
+    options.add_argument("--seed", type=int)
+    options.add_argument("--epochs", type=int)
+    options.add_argument("--batch-size", type=int)
+    options.add_argument("--lr", type=float)
+    options.add_argument("--weight-decay", type=float)
+    options.add_argument("--schedule", choices=["cosine", "plateau"])
+    options.add_argument("--clip", type=float, help="gradient-norm clipping")
+    options.add_argument("--patience", type=int, help="early stopping on validation NLL")
+    options.add_argument("--layers", type=int)
+    options.add_argument("--hidden", type=_widths, help="conditioner widths, e.g. 64,64")
+    options.add_argument("--device", help="cpu, cuda, cuda:1, ...")
+    options.add_argument("--dtype", choices=["float32", "float64"])
+    options.add_argument("--tensorboard", help="TensorBoard log directory")
+    options.add_argument("--no-progress", dest="progress", action="store_const", const=False)
+    options.add_argument("--no-plots", dest="plots", action="store_const", const=False)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flowforge",
@@ -64,6 +108,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"flowforge {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_fit(commands)
+    evaluate = commands.add_parser(
+        "eval", help="test NLL of a run beside a Gaussian baseline and the true entropy"
+    )
+    evaluate.add_argument("run", help="run directory")
+    evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])
+    sample = commands.add_parser("sample", help="draw samples from a run into a .npy file")
+    sample.add_argument("run", help="run directory")
+    sample.add_argument("-n", type=int, default=1000, help="number of samples (default 1000)")
+    sample.add_argument("--out", required=True, help="output .npy file")
+    sample.add_argument("--temperature", type=float, default=1.0)
+    sample.add_argument("--seed", type=int, default=None)
+    plot = commands.add_parser("plot", help="(re)draw a run's figures into RUN/plots")
+    plot.add_argument("run", help="run directory")
+    plot.add_argument("--temperature", type=float, default=1.0, help="for image samples")
+    commands.add_parser("list", help="the datasets and models, one line each")
     run_demo = commands.add_parser(
         "demo", help="build each model, print log-probs and sample statistics"
     )
@@ -71,11 +131,63 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _list() -> None:
+    from . import datasets
+
+    print("datasets:")
+    for name, description in datasets.DATASETS.items():
+        print(f"  {name:<14} {description}")
+    print("models:")
+    for name, builder in models.MODELS.items():
+        summary = (builder.__doc__ or "").strip().splitlines()[0]
+        print(f"  {name:<14} {summary}")
+
+
+def _run(args: argparse.Namespace) -> None:
+    from . import runs
+
+    if args.command == "fit":
+        keys = [k for k in config_keys() if hasattr(args, k)]
+        config = runs.make_config(args.config, {k: getattr(args, k) for k in keys})
+        _, history = runs.fit_run(config, args.out, resume=args.resume)
+        last = history.epochs[-1] if history.epochs else {}
+        print(
+            f"{history.stopped} after {len(history)} epochs; best validation NLL "
+            f"{history.best_val_nll} at epoch {history.best_epoch}; last train NLL "
+            f"{last.get('train_nll')}; run written to {args.out}"
+        )
+    elif args.command == "eval":
+        print(runs.format_evaluation(runs.evaluate_run(args.run, args.split)))
+    elif args.command == "sample":
+        samples = runs.sample_run(args.run, args.n, args.temperature, args.seed)
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        np.save(out, samples)
+        print(f"wrote {samples.shape[0]} samples of shape {samples.shape[1:]} to {out}")
+    elif args.command == "plot":
+        for path in runs.plot_run(args.run, temperature=args.temperature):
+            print(path)
+    elif args.command == "list":
+        _list()
+    elif args.command == "demo":
+        demo(seed=args.seed)
+
+
+def config_keys() -> list[str]:
+    from .config import DEFAULTS
+
+    return list(DEFAULTS)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "demo":
-        demo(seed=args.seed)
+    if args.command is None:
+        parser.print_help()
         return 0
-    parser.print_help(sys.stderr if args.command else sys.stdout)
+    try:
+        _run(args)
+    except (ValueError, FileNotFoundError, FloatingPointError) as error:
+        print(f"flowforge {args.command}: error: {error}", file=sys.stderr)
+        return 2
     return 0

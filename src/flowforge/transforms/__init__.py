@@ -1,7 +1,7 @@
 """Invertible transforms. ``forward`` maps data to latent, ``inverse`` latent to data; both
 return ``(output, log|det J|)`` with the log-determinant of shape ``(batch,)``."""
 
-from .base import Compose, Inverse, Transform
+from .base import Compose, Inverse, Transform, steps
 from .coupling import AdditiveCoupling, AffineCoupling, Coupling, MaskedAffineCoupling
 from .elementwise import ActNorm, DiagonalScaling
 from .partition import Partition, half_mask, odd_even_mask
@@ -27,4 +27,5 @@ __all__ = [
     "Transform",
     "half_mask",
     "odd_even_mask",
+    "steps",
 ]

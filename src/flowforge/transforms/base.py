@@ -106,3 +106,16 @@ class Compose(Transform):
 
     def __getitem__(self, index: int) -> Transform:
         return self.transforms[index]
+
+
+def steps(transform: Transform) -> list[Transform]:
+    """The data -> latent layers of a transform, in order, with compositions unrolled.
+
+    ``Compose(a, b)`` gives ``[a, b]``; ``Inverse(Compose(a, b))`` gives ``[b.inv, a.inv]``;
+    any other transform gives ``[transform]``. Used to follow samples layer by layer.
+    """
+    if isinstance(transform, Compose):
+        return [s for t in transform.transforms for s in steps(t)]
+    if isinstance(transform, Inverse) and isinstance(transform.transform, Compose):
+        return [s.inv for s in reversed(steps(transform.transform))]
+    return [transform]

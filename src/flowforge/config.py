@@ -1,0 +1,141 @@
+"""Run configuration: defaults, then a YAML file, then command-line flags; every value checked.
+
+A bad value gives one :class:`ConfigError` line naming the key, what it must be, and what it
+was.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULTS: dict[str, Any] = {
+    "data": "two-moons",
+    "model": "realnvp",
+    "n": None,  # samples for the toys (None: 20,000); a limit on training images for MNIST
+    "data_dir": None,
+    "seed": 0,
+    "epochs": 100,
+    "batch_size": 256,
+    "lr": 1e-3,
+    "weight_decay": 0.0,
+    "schedule": "cosine",
+    "clip": None,
+    "patience": None,
+    "device": "cpu",
+    "dtype": "float32",
+    "layers": None,  # None: the model builder's default
+    "hidden": None,
+    "model_args": {},
+    "progress": True,
+    "tensorboard": None,
+    "plots": True,
+}
+
+# Defaults that depend on the data; a config file or flag overrides them.
+DATA_DEFAULTS: dict[str, dict[str, Any]] = {
+    "toy": {"layers": 8, "hidden": [64, 64]},
+    "digits": {"epochs": 300, "batch_size": 128, "layers": 8, "hidden": [256, 256]},
+    "mnist": {"epochs": 1500, "batch_size": 256, "schedule": None, "patience": None},
+}
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used."""
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _number(value: Any) -> float | None:
+    """A float from a number or a numeric string (YAML reads ``1e-3`` as a string)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda value: value is None or check(value)
+
+
+CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "data": (lambda v: isinstance(v, str), "a dataset name (see flowforge list)"),
+    "model": (lambda v: isinstance(v, str), "a model name (see flowforge list)"),
+    "n": (_optional(_positive_int), "a positive integer or null"),
+    "data_dir": (_optional(lambda v: isinstance(v, str)), "a directory path or null"),
+    "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "epochs": (_positive_int, "a positive integer"),
+    "batch_size": (_positive_int, "a positive integer"),
+    "lr": (lambda v: (_number(v) or 0) > 0, "a positive number"),
+    "weight_decay": (lambda v: _number(v) is not None and _number(v) >= 0, "a number >= 0"),
+    "schedule": (lambda v: v in (None, "cosine", "plateau"), "cosine, plateau or null"),
+    "clip": (_optional(lambda v: (_number(v) or 0) > 0), "a positive number or null"),
+    "patience": (_optional(_positive_int), "a positive integer or null"),
+    "device": (lambda v: isinstance(v, str), "a torch device such as cpu or cuda"),
+    "dtype": (lambda v: v in ("float32", "float64"), "float32 or float64"),
+    "layers": (_optional(_positive_int), "a positive integer or null"),
+    "hidden": (
+        _optional(lambda v: isinstance(v, list) and v and all(_positive_int(h) for h in v)),
+        "a list of positive widths such as [64, 64], or null",
+    ),
+    "model_args": (lambda v: isinstance(v, dict), "a mapping of extra model arguments"),
+    "progress": (lambda v: isinstance(v, bool), "true or false"),
+    "tensorboard": (_optional(lambda v: isinstance(v, str)), "a log directory or null"),
+    "plots": (lambda v: isinstance(v, bool), "true or false"),
+}
+FLOATS = ("lr", "weight_decay", "clip")
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping in a YAML config file."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        content = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(
+            f"config file {path} is not valid YAML: {error}".splitlines()[0]
+        ) from None
+    if content is None:
+        return {}
+    if not isinstance(content, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of options, got {content!r}")
+    return content
+
+
+def resolve(
+    file_values: Mapping[str, Any] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    data_kind: Callable[[str], str] = lambda name: name,
+) -> dict[str, Any]:
+    """Merge defaults, the data's defaults, a config file's values and flag overrides, and
+    check every value. ``data_kind`` maps a dataset name to its key in :data:`DATA_DEFAULTS`."""
+    given = {**(file_values or {}), **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    unknown = sorted(set(given) - set(DEFAULTS))
+    if unknown:
+        raise ConfigError(
+            f"unknown config key {unknown[0]!r}; expected one of {', '.join(sorted(DEFAULTS))}"
+        )
+    data = given.get("data", DEFAULTS["data"])
+    config = {**DEFAULTS, **DATA_DEFAULTS.get(data_kind(str(data)), {}), **given}
+    for key, (check, expected) in CHECKS.items():
+        if not check(config[key]):
+            raise ConfigError(f"config value {key!r} must be {expected}, got {config[key]!r}")
+    for key in FLOATS:
+        if config[key] is not None:
+            config[key] = _number(config[key])
+    return config
+
+
+def write_yaml(config: Mapping[str, Any], path: Path) -> None:
+    path.write_text(yaml.safe_dump(dict(config), sort_keys=False))

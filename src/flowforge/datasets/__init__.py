@@ -1,0 +1,84 @@
+"""Datasets by name: 2-D toys with known densities and entropies, and image sets.
+
+>>> from flowforge import datasets
+>>> data = datasets.load("two-moons", n=1000, seed=0)
+>>> len(data.train), len(data.val), len(data.test), data.event_shape
+(800, 100, 100, torch.Size([2]))
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from types import ModuleType
+from typing import Any
+
+from . import images
+from .base import Dataset, Split, split_three
+from .images import digits, mnist
+
+_IMAGES: dict[str, str] = {
+    "digits": "scikit-learn's 1,797 8x8 digits, pixel values 0..16 (levels 17), split 70/15/15",
+    "mnist": "MNIST 28x28, pixel values 0..255, 50k/10k/10k, from local IDX files",
+}
+
+
+def _toys() -> ModuleType:
+    return importlib.import_module(f"{__name__}.toys")
+
+
+def __getattr__(name: str) -> Any:
+    """``toys``, ``TOYS``, ``ENTROPY`` and ``DATASETS`` (every dataset name with a one-line
+    description) load on first use, so that ``python -m flowforge.datasets.toys`` does not
+    find its module already imported by this package."""
+    if name not in ("toys", "TOYS", "ENTROPY", "DATASETS"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    toys = _toys()
+    globals()["TOYS"], globals()["ENTROPY"] = toys.TOYS, toys.ENTROPY
+    globals()["DATASETS"] = {
+        **{key: toy.description for key, toy in toys.TOYS.items()},
+        **_IMAGES,
+    }
+    return globals()[name]
+
+
+def load(
+    name: str,
+    n: int | None = None,
+    seed: int = 0,
+    data_dir: str | os.PathLike | None = None,
+    flatten: bool = False,
+) -> Dataset:
+    """The dataset ``name`` (see :data:`DATASETS`), its splits fixed by ``seed``.
+
+    Toys draw ``n`` samples (20,000 if None) split 80/10/10 (:func:`toys.make`); ``digits``
+    ignores ``n`` and ``data_dir``; ``mnist`` reads from ``data_dir`` (see
+    :func:`images.find_mnist`) and keeps ``n`` training images if given. ``flatten=True``
+    returns samples as vectors ``(N, D)``.
+    """
+    toys = _toys()
+    if name in toys.TOYS:
+        data = toys.make(name, 20_000 if n is None else n, seed)
+    elif name == "digits":
+        data = digits(seed)
+    elif name == "mnist":
+        data = mnist(data_dir, n=n, seed=seed)
+    else:
+        names = [*toys.TOYS, *_IMAGES]
+        raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(names)}")
+    return data.flatten() if flatten else data
+
+
+__all__ = [
+    "DATASETS",
+    "ENTROPY",
+    "TOYS",
+    "Dataset",
+    "Split",
+    "digits",
+    "images",
+    "load",
+    "mnist",
+    "split_three",
+    "toys",
+]

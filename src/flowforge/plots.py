@@ -1,0 +1,501 @@
+"""Figures of flows and their training, written to image files (PNG by default).
+
+Every ``plot_*`` function evaluates the flow under ``torch.no_grad()`` in eval mode (its
+training mode is restored afterwards), in the flow's dtype and on its device, draws on a
+standalone :class:`matplotlib.figure.Figure` with the Agg canvas (no pyplot, no backend switch,
+nothing left open), creates the parent directories of ``path``, and returns the
+:class:`~pathlib.Path` written. The format follows the file's suffix (``.png`` if it has none).
+
+Densities are in nats; bits/dim are shown where a history records them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from torch import Tensor
+
+from .flow import Flow
+from .transforms import steps
+
+DPI = 150
+MAX_POINTS = 5000
+PANEL_INCHES = 4.0
+MAX_COLUMNS = 5
+DENSITY_CHUNK = 8192
+
+Bounds = tuple[tuple[float, float], tuple[float, float]]
+ArrayLike = Tensor | np.ndarray
+
+
+# --- shared helpers ----------------------------------------------------------------------
+
+
+def _figure(width: float, height: float, layout: str | None = "constrained") -> Figure:
+    """A figure of ``width`` x ``height`` inches with its own Agg canvas."""
+    figure = Figure(figsize=(width, height), dpi=DPI, layout=layout)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save(figure: Figure, path: str | os.PathLike) -> Path:
+    """Write ``figure`` to ``path`` (creating its directories), release it, return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=DPI, format=path.suffix[1:].lower() or "png")
+    figure.clear()
+    return path
+
+
+@contextmanager
+def _evaluating(flow: Flow) -> Iterator[None]:
+    """No gradients and eval mode inside; the flow's previous mode is restored on exit."""
+    was_training = flow.training
+    flow.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        flow.train(was_training)
+
+
+def _as_tensor(values: ArrayLike, flow: Flow) -> Tensor:
+    """``values`` as a tensor in the flow's dtype and on its device."""
+    return torch.as_tensor(values).to(dtype=flow.dtype, device=flow.device)
+
+
+def _numpy(values: ArrayLike) -> np.ndarray:
+    """A float64 CPU array of a tensor or array."""
+    if isinstance(values, Tensor):
+        values = values.detach().cpu().double().numpy()
+    return np.asarray(values, dtype=np.float64)
+
+
+def _points_2d(data: ArrayLike, name: str = "data") -> np.ndarray:
+    """``data`` as an ``(N, 2)`` float64 array, with a one-line error for anything else."""
+    points = _numpy(data)
+    if points.ndim != 2 or points.shape[1] != 2 or points.shape[0] == 0:
+        raise ValueError(f"{name} must have shape (N, 2) with N >= 1, got {points.shape}")
+    return points
+
+
+def _check_2d(flow: Flow) -> None:
+    if tuple(flow.event_shape) != (2,):
+        raise ValueError(f"this figure needs a flow over 2-D points, got {tuple(flow.event_shape)}")
+
+
+def _subsample(points: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """At most ``n`` rows of ``points``, chosen at random (fixed seed) when there are more."""
+    if len(points) <= n:
+        return points
+    keep = np.random.default_rng(seed).choice(len(points), size=n, replace=False)
+    return points[np.sort(keep)]
+
+
+def _limits(values: np.ndarray, margin: float = 0.1) -> tuple[float, float]:
+    """A view of 1-D ``values``: their 0.5%-99.5% quantiles widened by ``margin`` of the span."""
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return -1.0, 1.0
+    low, high = np.quantile(finite, [0.005, 0.995])
+    pad = margin * (high - low) if high > low else max(1.0, abs(low)) * 0.5
+    return float(low - pad), float(high + pad)
+
+
+def default_bounds(points: ArrayLike, margin: float = 0.1) -> Bounds:
+    """Axis limits ``((xmin, xmax), (ymin, ymax))`` for ``(N, 2)`` points: per axis, the
+    0.5% and 99.5% quantiles widened by ``margin`` times their span."""
+    points = _points_2d(points, "points")
+    return _limits(points[:, 0], margin), _limits(points[:, 1], margin)
+
+
+def _panel_inches(bounds: Bounds) -> tuple[float, float]:
+    """Width and height of one panel whose axes have equal aspect over ``bounds``."""
+    (x0, x1), (y0, y1) = bounds
+    ratio = min(max((y1 - y0) / (x1 - x0), 0.5), 2.0)
+    return PANEL_INCHES, PANEL_INCHES * ratio + 0.5
+
+
+def _square(bounds: Bounds) -> Bounds:
+    """``bounds`` widened about their centre so that both axes span the same length."""
+    (x0, x1), (y0, y1) = bounds
+    half = max(x1 - x0, y1 - y0) / 2
+    xc, yc = (x0 + x1) / 2, (y0 + y1) / 2
+    return (xc - half, xc + half), (yc - half, yc + half)
+
+
+def _frame(axes: Axes, bounds: Bounds, title: str, variable: str = "x") -> None:
+    """Limits, equal aspect, axis labels (``variable`` with subscripts 1, 2) and title."""
+    (x0, x1), (y0, y1) = bounds
+    axes.set_xlim(x0, x1)
+    axes.set_ylim(y0, y1)
+    axes.set_aspect("equal")
+    axes.set_xlabel(f"${variable}_1$")
+    axes.set_ylabel(f"${variable}_2$")
+    axes.set_title(title, fontsize=10)
+
+
+def _scatter(axes: Axes, points: np.ndarray, **style) -> None:
+    """A scatter of many points: small, slightly transparent, no edges."""
+    size = 4.0 if len(points) <= 1000 else 1.5
+    axes.scatter(points[:, 0], points[:, 1], s=size, linewidths=0, **{"alpha": 0.6, **style})
+
+
+# --- training curves ---------------------------------------------------------------------
+
+
+def _series(history: Sequence[Mapping], key: str) -> np.ndarray:
+    """``history[i][key]`` per epoch as floats, NaN where missing, None or not finite."""
+    values = [entry.get(key) for entry in history]
+    out = np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
+    out[~np.isfinite(out)] = np.nan
+    return out
+
+
+def _plot_train_val(
+    axes: Axes, epochs: np.ndarray, train: np.ndarray, val: np.ndarray, unit: str
+) -> None:
+    """Train and validation curves on ``axes``, with the best validation epoch marked."""
+    if np.isfinite(train).any():
+        axes.plot(epochs, train, color="tab:blue", label="train")
+    if np.isfinite(val).any():
+        seen = np.isfinite(val)
+        axes.plot(epochs[seen], val[seen], color="tab:orange", marker=".", label="validation")
+        best = int(np.nanargmin(val))
+        axes.axvline(epochs[best], color="0.5", linestyle=":", linewidth=1)
+        axes.plot(
+            epochs[best],
+            val[best],
+            marker="*",
+            markersize=12,
+            color="tab:red",
+            linestyle="none",
+            label=f"best validation: {val[best]:.4g} {unit} (epoch {epochs[best]:g})",
+        )
+    axes.set_xlabel("epoch")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.grid(alpha=0.3)
+    if axes.lines:
+        axes.legend(fontsize=8)
+
+
+def plot_losses(
+    history: Sequence[Mapping], path: str | os.PathLike, title: str | None = None
+) -> Path:
+    """Training curves: train and validation NLL (nats) per epoch, best validation marked.
+
+    ``history`` holds one dict per epoch with ``epoch``, ``train_nll`` and ``val_nll`` (None
+    where not evaluated), and optionally ``train_bpd`` / ``val_bpd`` (a second panel in
+    bits/dim) and ``lr`` (a third panel, log scale, when it changes).
+    """
+    if not history:
+        raise ValueError("history is empty; expected one dict per epoch")
+    epochs = np.array([entry.get("epoch", i) for i, entry in enumerate(history)], dtype=float)
+    panels = [("train_nll", "val_nll", "negative log-likelihood (nats)", "nats")]
+    if any(entry.get(k) is not None for entry in history for k in ("train_bpd", "val_bpd")):
+        panels.append(("train_bpd", "val_bpd", "bits/dim", "bits/dim"))
+    lr = _series(history, "lr")
+    show_lr = np.isfinite(lr).any() and np.nanmin(lr) != np.nanmax(lr)
+    count = len(panels) + show_lr
+    figure = _figure(5.0 * count, 3.8)
+    grid = figure.subplots(1, count, squeeze=False)[0]
+    for axes, (train_key, val_key, label, unit) in zip(grid, panels, strict=False):
+        _plot_train_val(axes, epochs, _series(history, train_key), _series(history, val_key), unit)
+        axes.set_ylabel(label)
+        axes.set_title(label.split(" (")[0], fontsize=10)
+    if show_lr:
+        grid[-1].plot(epochs, lr, color="tab:green")
+        grid[-1].set_yscale("log")
+        grid[-1].set(xlabel="epoch", ylabel="learning rate")
+        grid[-1].set_title("learning rate", fontsize=10)
+        grid[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
+        grid[-1].grid(alpha=0.3)
+    figure.suptitle(title or "Training curves")
+    return _save(figure, path)
+
+
+# --- 2-D densities and samples -----------------------------------------------------------
+
+
+def _grid(bounds: Bounds, resolution: int) -> np.ndarray:
+    """Cell centres ``(resolution**2, 2)`` of a grid over ``bounds``, rows along ``x_2``."""
+    (x0, x1), (y0, y1) = bounds
+    xs, ys = np.linspace(x0, x1, resolution), np.linspace(y0, y1, resolution)
+    grid_x, grid_y = np.meshgrid(xs, ys)
+    return np.stack([grid_x.ravel(), grid_y.ravel()], axis=1)
+
+
+def _log_prob(log_prob: Callable[[Tensor], Tensor], points: Tensor) -> np.ndarray:
+    """``log_prob`` of ``(N, D)`` points in chunks, as a float64 array, -inf where not finite."""
+    chunks = [log_prob(chunk) for chunk in points.split(DENSITY_CHUNK)]
+    values = _numpy(torch.cat(chunks))
+    values[~np.isfinite(values)] = -np.inf
+    return values
+
+
+def _heat_map(figure: Figure, axes: Axes, density: np.ndarray, bounds: Bounds) -> None:
+    """``density`` (rows along ``x_2``) as an image over ``bounds``, with a colour bar."""
+    (x0, x1), (y0, y1) = bounds
+    image = axes.imshow(density, origin="lower", extent=(x0, x1, y0, y1), cmap="viridis", vmin=0.0)
+    figure.colorbar(image, ax=axes, shrink=0.8, label="density")
+
+
+def plot_density_2d(
+    flow: Flow,
+    data: ArrayLike,
+    path: str | os.PathLike,
+    true_log_prob: Callable[[Tensor], Tensor] | None = None,
+    bounds: Bounds | None = None,
+    resolution: int = 200,
+) -> Path:
+    """The data beside the flow's density :math:`p(x) = e^{\\log p(x)}` on a grid.
+
+    Panels, with the same limits and equal aspect: a 2-D histogram of ``data`` ``(N, 2)``;
+    the flow's density on a ``resolution`` x ``resolution`` grid, titled with its mean
+    log-likelihood of ``data`` in nats; and, if ``true_log_prob`` (``(N, 2) -> (N,)``) is
+    given, the true density the same way. ``bounds`` ``((xmin, xmax), (ymin, ymax))``
+    defaults to :func:`default_bounds` of ``data``.
+    """
+    _check_2d(flow)
+    points = _points_2d(data)
+    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 2:
+        raise ValueError(f"resolution must be an integer >= 2, got {resolution!r}")
+    bounds = default_bounds(points) if bounds is None else bounds
+    grid = _grid(bounds, resolution)
+    models = [("flow", flow.log_prob)]
+    if true_log_prob is not None:
+        models.append(("true", true_log_prob))
+    width, height = _panel_inches(bounds)
+    figure = _figure(width * (1 + len(models)) + 0.8 * len(models), height)
+    panels = figure.subplots(1, 1 + len(models), squeeze=False)[0]
+    bins = int(np.clip(np.sqrt(len(points) / 2), 25, 120))
+    (x0, x1), (y0, y1) = bounds
+    panels[0].hist2d(
+        points[:, 0], points[:, 1], bins=bins, range=[[x0, x1], [y0, y1]], cmap="viridis"
+    )
+    _frame(panels[0], bounds, f"data ({len(points):,} points, 2-D histogram)")
+    with _evaluating(flow):
+        for axes, (name, log_prob) in zip(panels[1:], models, strict=True):
+            mean = _log_prob(log_prob, _as_tensor(points, flow)).mean()
+            density = np.exp(_log_prob(log_prob, _as_tensor(grid, flow)))
+            _heat_map(figure, axes, density.reshape(resolution, resolution), bounds)
+            _frame(axes, bounds, f"{name} density (mean log p(data) = {mean:.3f} nats)")
+    figure.suptitle("Data and density")
+    return _save(figure, path)
+
+
+def plot_samples_2d(
+    flow: Flow, data: ArrayLike, path: str | os.PathLike, n: int | None = None
+) -> Path:
+    """``n`` flow samples beside ``n`` data points ``(N, 2)``, as scatters with the same limits.
+
+    ``n`` defaults to ``min(len(data), 5000)``; the limits are :func:`default_bounds` of the
+    data, and the title counts the samples that fall outside them.
+    """
+    _check_2d(flow)
+    points = _points_2d(data)
+    n = min(len(points), MAX_POINTS) if n is None else n
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    with _evaluating(flow):
+        samples = _numpy(flow.sample(n))
+    shown = _subsample(points, n)
+    bounds = default_bounds(points)
+    (x0, x1), (y0, y1) = bounds
+    inside = (samples[:, 0] >= x0) & (samples[:, 0] <= x1)
+    inside &= (samples[:, 1] >= y0) & (samples[:, 1] <= y1)
+    width, height = _panel_inches(bounds)
+    figure = _figure(2 * width, height)
+    left, right = figure.subplots(1, 2)
+    _scatter(left, shown, color="0.2")
+    _frame(left, bounds, f"data ({len(shown):,} points)")
+    _scatter(right, samples, color="tab:blue")
+    outside = f", {int((~inside).sum()):,} outside the view" if not inside.all() else ""
+    _frame(right, bounds, f"flow samples ({n:,}{outside})")
+    figure.suptitle("Data and flow samples")
+    return _save(figure, path)
+
+
+# --- points through the layers -----------------------------------------------------------
+
+
+def layer_stages(flow: Flow, x: ArrayLike, every: int = 2) -> list[tuple[str, Tensor]]:
+    """Points ``x`` ``(N, *event_shape)`` mapped to the latent space and back, in stages.
+
+    The first stage is ``z = f(x)`` through every step of ``flow.transform``; each later stage
+    undoes ``every`` more steps from the latent side (fewer in the last), and the last is the
+    reconstruction of ``x``. So ``K`` steps give ``ceil(K / every) + 1`` stages, each a
+    ``(label, points)`` pair with points ``(N, *event_shape)`` in the flow's dtype and device.
+    """
+    if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        raise ValueError(f"every must be a positive integer, got {every!r}")
+    layers = steps(flow.transform)
+    with _evaluating(flow):
+        state = _as_tensor(x, flow)
+        for layer in layers:
+            state, _ = layer(state)
+        stages = [("latent z = f(x)", state)]
+        for undone, layer in enumerate(reversed(layers), start=1):
+            state, _ = layer.inverse(state)
+            if undone == len(layers):
+                stages.append((f"data x (all {undone} layers undone)", state))
+            elif undone % every == 0:
+                stages.append((f"{undone} of {len(layers)} layers undone", state))
+    return stages
+
+
+def _point_colours(points: np.ndarray) -> np.ndarray:
+    """A value in ``[0, 1)`` per ``(N, 2)`` point: its angle about the points' median."""
+    centre = np.median(points, axis=0)
+    angle = np.arctan2(points[:, 1] - centre[1], points[:, 0] - centre[0])
+    return (angle + np.pi) / (2 * np.pi)
+
+
+def plot_layers_2d(flow: Flow, data: ArrayLike, path: str | os.PathLike, every: int = 2) -> Path:
+    """How points move through the flow (after the Real NVP paper's figure).
+
+    ``data`` ``(N, 2)`` (at most 5000 are used) is mapped to the latent space; the panels
+    then show the latent points and the state after undoing each further ``every`` layers,
+    ending in data space (see :func:`layer_stages`). Every point keeps one colour, its angle
+    about the data's median, so it can be followed from panel to panel. Panels wrap after
+    five per row; each has its own limits and equal aspect.
+    """
+    _check_2d(flow)
+    points = _subsample(_points_2d(data), MAX_POINTS)
+    colours = _point_colours(points)
+    stages = layer_stages(flow, points, every)
+    columns = min(len(stages), MAX_COLUMNS)
+    rows = math.ceil(len(stages) / columns)
+    figure = _figure(3.2 * columns, 3.4 * rows)
+    panels = figure.subplots(rows, columns, squeeze=False).ravel()
+    for i, (axes, (label, state)) in enumerate(zip(panels, stages, strict=False)):
+        state = _numpy(state)
+        axes.scatter(
+            state[:, 0], state[:, 1], c=colours, cmap="hsv", vmin=0, vmax=1, s=3, linewidths=0
+        )
+        variable = "z" if i == 0 else ("x" if i == len(stages) - 1 else "h")
+        _frame(axes, _square(default_bounds(state)), label, variable)
+    for axes in panels[len(stages) :]:
+        axes.set_visible(False)
+    figure.suptitle(
+        f"Points through the flow: latent to data, {every} layer{'s' * (every != 1)} per panel"
+        " (colour: angle in data space)"
+    )
+    return _save(figure, path)
+
+
+# --- images ------------------------------------------------------------------------------
+
+
+def _image_batch(images: ArrayLike) -> np.ndarray:
+    """``(N, C, H, W)``, ``(N, H, W)`` or ``(N, s*s)`` images as ``(N, H, W, C)`` in [0, 1]."""
+    batch = _numpy(images)
+    if batch.ndim == 2:
+        side = math.isqrt(batch.shape[1])
+        if side * side != batch.shape[1]:
+            raise ValueError(
+                f"flat images (N, D) need D to be a perfect square, got D = {batch.shape[1]}"
+            )
+        batch = batch.reshape(-1, 1, side, side)
+    elif batch.ndim == 3:
+        batch = batch[:, None]
+    if batch.ndim != 4 or batch.shape[1] not in (1, 3) or batch.shape[0] == 0:
+        raise ValueError(
+            "images must be (N, C, H, W) with C = 1 or 3, (N, H, W) or (N, s*s) with N >= 1,"
+            f" got {tuple(np.shape(images))}"
+        )
+    return np.clip(np.nan_to_num(batch, nan=0.0), 0.0, 1.0).transpose(0, 2, 3, 1)
+
+
+def _mosaic(batch: np.ndarray, columns: int, pad: int) -> np.ndarray:
+    """Tile ``(N, H, W, C)`` images into one ``(rows*(H+pad)+pad, ...)`` image, grey gaps."""
+    n, height, width, channels = batch.shape
+    rows = math.ceil(n / columns)
+    canvas = np.full((rows * (height + pad) + pad, columns * (width + pad) + pad, channels), 0.5)
+    for i, image in enumerate(batch):
+        top = pad + (i // columns) * (height + pad)
+        left = pad + (i % columns) * (width + pad)
+        canvas[top : top + height, left : left + width] = image
+    return canvas
+
+
+def plot_image_grid(
+    images: ArrayLike,
+    path: str | os.PathLike,
+    nrow: int | None = None,
+    title: str | None = None,
+) -> Path:
+    """Images in a grid, ``nrow`` per row (default ``ceil(sqrt(N))``), without ticks.
+
+    ``images`` is ``(N, C, H, W)`` with ``C = 1`` (grey) or ``3`` (RGB), ``(N, H, W)`` grey,
+    or ``(N, D)`` with ``D = s*s`` (grey ``s`` x ``s``). Values are clipped to ``[0, 1]``
+    (NaN shows as 0); images are separated by thin grey lines.
+    """
+    batch = _image_batch(images)
+    columns = math.ceil(math.sqrt(len(batch))) if nrow is None else nrow
+    if isinstance(columns, bool) or not isinstance(columns, int) or columns < 1:
+        raise ValueError(f"nrow must be a positive integer, got {nrow!r}")
+    columns = min(columns, len(batch))
+    mosaic = _mosaic(batch, columns, pad=max(1, batch.shape[1] // 14))
+    width = float(np.clip(0.9 * columns, 3.0, 8.0))
+    image_height = width * mosaic.shape[0] / mosaic.shape[1]
+    title_height = 0.4 if title else 0.0
+    figure = _figure(width, image_height + title_height, layout=None)
+    axes = figure.add_axes((0.0, 0.0, 1.0, image_height / (image_height + title_height)))
+    if mosaic.shape[2] == 1:
+        axes.imshow(mosaic[..., 0], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    else:
+        axes.imshow(mosaic, interpolation="nearest")
+    axes.set_axis_off()
+    if title:
+        axes.set_title(title)
+    return _save(figure, path)
+
+
+def plot_samples_images(
+    flow: Flow,
+    path: str | os.PathLike,
+    n: int = 64,
+    temperature: float = 1.0,
+    image_shape: Sequence[int] | None = None,
+    levels: int | None = None,
+) -> Path:
+    """A grid of ``n`` images sampled from the flow at ``temperature`` (see :meth:`Flow.sample`).
+
+    A flow over flat vectors ``(D,)`` needs ``image_shape`` ``(C, H, W)`` unless ``D`` is a
+    perfect square (grey). Samples live in the model space ``[0, 1]`` of dequantised data and
+    are clipped to it; with ``levels`` ``L`` (e.g. 256) they are also rounded down to the
+    data's discrete levels ``k = floor(L x)`` and shown as ``k / (L - 1)``.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    with _evaluating(flow):
+        samples = flow.sample(n, temperature=temperature)
+    samples = _numpy(samples)
+    if image_shape is not None:
+        samples = samples.reshape(n, *image_shape)
+    elif samples.ndim == 2 and math.isqrt(samples.shape[1]) ** 2 != samples.shape[1]:
+        raise ValueError(
+            f"samples are vectors of {samples.shape[1]} values, not a square image;"
+            " pass image_shape=(C, H, W)"
+        )
+    clipped = float(np.mean((samples < 0) | (samples > 1) | np.isnan(samples)))
+    if levels is not None:
+        if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
+            raise ValueError(f"levels must be an integer >= 2, got {levels!r}")
+        samples = np.minimum(np.floor(np.clip(samples, 0, 1) * levels), levels - 1)
+        samples = samples / (levels - 1)
+    title = f"{n} samples at temperature T = {temperature:g}"
+    if clipped > 0:
+        title += f" ({100 * clipped:.1f}% of values clipped to [0, 1])"
+    return plot_image_grid(samples, path, title=title)

@@ -1,0 +1,264 @@
+"""Run directories: fit a configured model to a dataset, then evaluate, sample and plot it.
+
+A run directory holds ``config.yaml`` (the resolved configuration), ``model.json`` and
+``model.safetensors`` (see :mod:`flowforge.io`), ``checkpoint.safetensors`` (the training
+state after the last finished epoch), ``metrics.jsonl`` (one line per epoch), ``eval.json``
+and ``plots/``. The command line (:mod:`flowforge.cli`) is a thin layer over these functions.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import datasets, io, models, plots
+from .baselines import GaussianBaseline
+from .config import ConfigError, read_yaml, resolve, write_yaml
+from .datasets.base import Dataset
+from .flow import Flow
+from .training import History, Report, evaluate, fit, nll_values, write_metrics
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.jsonl"
+
+
+def data_kind(name: str) -> str:
+    """The key of a dataset in :data:`flowforge.config.DATA_DEFAULTS`."""
+    return "toy" if name in datasets.TOYS else name
+
+
+def make_config(
+    config_file: str | Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The checked configuration of a run: defaults < the data's defaults < file < flags."""
+    file_values = read_yaml(config_file) if config_file else {}
+    config = resolve(file_values, overrides, data_kind)
+    given = set(file_values) | {k for k, v in (overrides or {}).items() if v is not None}
+    config["model_args"] = dict(config["model_args"])
+    config["_given"] = sorted(given)
+    return config
+
+
+def load_data(config: Mapping[str, Any]) -> tuple[Dataset, tuple[int, ...]]:
+    """The configured dataset flattened to vectors (every current model is a vector flow),
+    and the shape of one sample before flattening."""
+    if config["data"] not in datasets.DATASETS:
+        raise ConfigError(
+            f"config value 'data' must be one of {', '.join(datasets.DATASETS)}, "
+            f"got {config['data']!r}"
+        )
+    data = datasets.load(
+        config["data"], n=config["n"], seed=config["seed"], data_dir=config["data_dir"]
+    )
+    return data.flatten(), tuple(data.event_shape)
+
+
+def build_model(config: Mapping[str, Any], dim: int) -> Flow:
+    """The configured model for ``dim``-dimensional data."""
+    name = config["model"]
+    if name not in models.MODELS:
+        raise ConfigError(
+            f"config value 'model' must be one of {', '.join(models.MODELS)}, got {name!r}"
+        )
+    accepted = set(inspect.signature(models.MODELS[name]).parameters)
+    given = set(config.get("_given", ()))
+    kwargs: dict[str, Any] = {"dim": dim}
+    for key in ("layers", "hidden"):
+        if config[key] is None:
+            continue
+        if key in accepted:
+            kwargs[key] = tuple(config[key]) if key == "hidden" else config[key]
+        elif key in given:
+            raise ConfigError(f"model {name!r} has no option {key!r}")
+    for key, value in config["model_args"].items():
+        if key not in accepted or key == "dim":
+            raise ConfigError(
+                f"model {name!r} has no option {key!r}; it takes "
+                f"{', '.join(sorted(accepted - {'dim'}))}"
+            )
+        kwargs[key] = value
+    try:
+        return models.MODELS[name](**kwargs)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"model {name!r}: {error}") from None
+
+
+def fit_run(
+    config: Mapping[str, Any], out: str | Path, resume: bool = False
+) -> tuple[Flow, History]:
+    """Train the configured model and write the run directory ``out``."""
+    out = Path(out)
+    data, shape = load_data(config)
+    torch.manual_seed(config["seed"])
+    flow = build_model(config, data.train.dim)
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        (out / METRICS_FILE).unlink(missing_ok=True)
+    write_yaml({k: v for k, v in config.items() if not k.startswith("_")}, out / CONFIG_FILE)
+    try:
+        history = fit(
+            flow,
+            data.train,
+            data.val,
+            epochs=config["epochs"],
+            batch_size=config["batch_size"],
+            lr=config["lr"],
+            weight_decay=config["weight_decay"],
+            schedule=config["schedule"],
+            clip=config["clip"],
+            patience=config["patience"],
+            progress=config["progress"],
+            tensorboard=config["tensorboard"],
+            checkpoint=out,
+            resume=resume,
+            device=config["device"],
+            dtype=getattr(torch, config["dtype"]),
+            seed=config["seed"],
+            callback=lambda record: _append_metrics(out, record),
+        )
+    except FloatingPointError as error:
+        io.save(flow, out)  # the best weights before the divergence
+        write_metrics(error.history, out / METRICS_FILE)
+        raise
+    io.save(flow, out)
+    write_metrics(history, out / METRICS_FILE)
+    if config["plots"]:
+        plot_run(out, flow=flow, data=(data, shape), history=history)
+    return flow, history
+
+
+def _append_metrics(out: Path, record: dict[str, Any]) -> None:
+    with (out / METRICS_FILE).open("a") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def read_config(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{run_dir} is not a run directory: {CONFIG_FILE} is missing")
+    return resolve(read_yaml(path), None, data_kind)
+
+
+def read_history(run_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / METRICS_FILE
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def evaluate_run(run_dir: str | Path, split: str = "test") -> dict[str, Any]:
+    """The flow's NLL on a split beside a full-covariance Gaussian and, for toys, the true
+    entropy (so NLL - H = KL(p || q)); written to ``eval.json``."""
+    run_dir = Path(run_dir)
+    config = read_config(run_dir)
+    data, _ = load_data(config)
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"split must be train, val or test, got {split!r}")
+    samples = getattr(data, split)
+    flow = io.load(run_dir, device=config["device"])
+    gaussian_model = GaussianBaseline(data.train)
+    report: Report = evaluate(flow, samples)
+    gaussian: Report = evaluate(gaussian_model, samples)
+    result: dict[str, Any] = {
+        "data": config["data"],
+        "model": config["model"],
+        "split": split,
+        "flow": report.as_dict(),
+        "gaussian": gaussian.as_dict(),
+        "entropy": data.entropy,
+        "kl": None if data.entropy is None else report.nll - data.entropy,
+        "gaussian_kl": None if data.entropy is None else gaussian.nll - data.entropy,
+    }
+    if data.log_prob is not None:
+        # KL(p || q) = E_p[log p - log q], estimated on the same points: the paired
+        # difference varies far less than the NLL itself, so its standard error is small.
+        true_nll = -data.log_prob(samples.x.double()).double()
+        for name, model in (("flow", flow), ("gaussian", gaussian_model)):
+            gap = nll_values(model, samples) - true_nll
+            result[f"{name}_kl_paired"] = {
+                "kl": gap.mean().item(),
+                "se": gap.std().item() / math.sqrt(len(gap)),
+            }
+    (run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def format_evaluation(result: Mapping[str, Any]) -> str:
+    """The table that ``flowforge eval`` prints."""
+    discrete = result["flow"]["bits_per_dim"] is not None
+    header = f"{'model':<22} {'NLL (nats)':>12} {'s.e.':>8}"
+    header += f" {'bits/dim':>9}" if discrete else ""
+    header += f" {'NLL - H(p)':>11}" if result["entropy"] is not None else ""
+    paired = "flow_kl_paired" in result
+    header += f" {'KL(p||q), paired':>17} {'s.e.':>7}" if paired else ""
+    lines = [f"{result['data']}, {result['split']} split, {result['flow']['n']} samples", header]
+    rows = [(result["model"], "flow", result["kl"])]
+    rows.append(("full-covariance Gaussian", "gaussian", result["gaussian_kl"]))
+    for name, key, kl in rows:
+        report = result[key]
+        line = f"{name:<24} {report['nll']:>12.4f} {report['nll_se']:>8.4f}"
+        line += f" {report['bits_per_dim']:>9.4f}" if discrete else ""
+        line += f" {kl:>11.4f}" if kl is not None else ""
+        if paired:
+            line += f" {result[key + '_kl_paired']['kl']:>17.4f}"
+            line += f" {result[key + '_kl_paired']['se']:>7.4f}"
+        lines.append(line)
+    if result["entropy"] is not None:
+        lines.append(f"{'true entropy H(p)':<24} {result['entropy']:>12.4f}")
+    if paired:
+        lines.append("KL(p||q), paired: mean of log p(x) - log q(x) over the same test points")
+    return "\n".join(lines)
+
+
+def sample_run(
+    run_dir: str | Path, n: int, temperature: float = 1.0, seed: int | None = None
+) -> np.ndarray:
+    """``n`` samples of a trained run, in model space (``[0, 1]`` for images)."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    flow = io.load(run_dir)
+    return flow.sample(n, temperature=temperature).cpu().numpy()
+
+
+def plot_run(
+    run_dir: str | Path,
+    flow: Flow | None = None,
+    data: tuple[Dataset, tuple[int, ...]] | None = None,
+    history: History | list[dict[str, Any]] | None = None,
+    temperature: float = 1.0,
+) -> list[Path]:
+    """Write the run's figures into ``run_dir/plots`` and return their paths."""
+    run_dir = Path(run_dir)
+    config = read_config(run_dir)
+    flow = flow if flow is not None else io.load(run_dir)
+    data, shape = data if data is not None else load_data(config)
+    history = history.epochs if isinstance(history, History) else history
+    history = history if history is not None else read_history(run_dir)
+    folder = run_dir / "plots"
+    written = []
+    if history:
+        written.append(plots.plot_losses(history, folder / "loss.png", title=config["data"]))
+    torch.manual_seed(config["seed"])
+    test = data.test.x.to(flow.dtype)
+    if data.train.dim == 2:
+        written.append(
+            plots.plot_density_2d(flow, test, folder / "density.png", true_log_prob=data.log_prob)
+        )
+        written.append(plots.plot_samples_2d(flow, test, folder / "samples.png"))
+        written.append(plots.plot_layers_2d(flow, test[:2000], folder / "layers.png"))
+    elif data.train.discrete:
+        written.append(
+            plots.plot_samples_images(
+                flow, folder / "samples.png", n=64, temperature=temperature, image_shape=shape
+            )
+        )
+        images = data.test.dequantize(data.test.x[:64]).reshape(-1, *shape)
+        written.append(plots.plot_image_grid(images, folder / "data.png", title="test data"))
+    return written
