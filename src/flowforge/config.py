@@ -39,7 +39,13 @@ DEFAULTS: dict[str, Any] = {
 # Defaults that depend on the data; a config file or flag overrides them.
 DATA_DEFAULTS: dict[str, dict[str, Any]] = {
     "toy": {"layers": 8, "hidden": [64, 64]},
-    "digits": {"epochs": 300, "batch_size": 128, "layers": 8, "hidden": [256, 256]},
+    "digits": {
+        "epochs": 300,
+        "batch_size": 128,
+        "layers": 8,
+        "hidden": [256, 256],
+        "model_args": {"actnorm": True},
+    },
     "mnist": {"epochs": 1500, "batch_size": 256, "schedule": None, "patience": None},
 }
 

@@ -16,6 +16,7 @@ from torch import nn
 from .distributions import make_base
 from .flow import Flow
 from .transforms import (
+    ActNorm,
     AdditiveCoupling,
     AffineCoupling,
     Compose,
@@ -86,6 +87,7 @@ def realnvp(
     activation: str = "relu",
     scale_bound: float = 3.0,
     base: str = "normal",
+    actnorm: bool = False,
     context_dim: int = 0,
 ) -> Flow:
     r"""Real NVP (Dinh et al. 2016) on vectors: ``layers`` affine couplings.
@@ -93,22 +95,27 @@ def realnvp(
     Consecutive layers keep complementary parts (``mask="half"``: first half, then second
     half; ``"odd-even"``: even, then odd indices), so every feature is transformed. Each
     conditioner is an MLP with the given ``hidden`` widths; see :class:`AffineCoupling` for the
-    bounded scale. Shapes ``(batch, dim)``.
+    bounded scale. ``actnorm=True`` puts an :class:`ActNorm` before every coupling (the
+    data-initialised counterpart of the paper's batch normalisation): recommended for data
+    whose features have very different scales, such as images. Shapes ``(batch, dim)``.
     """
     _check_int("dim", dim, 2)
     _check_int("layers", layers, 1)
     hidden = _check_hidden(hidden)
-    couplings = [
-        AffineCoupling(
-            m,
-            hidden=hidden,
-            activation=activation,
-            scale_bound=scale_bound,
-            context_dim=context_dim,
+    steps = []
+    for m in _alternating_masks(mask, dim, layers):
+        if actnorm:
+            steps.append(ActNorm(dim))
+        steps.append(
+            AffineCoupling(
+                m,
+                hidden=hidden,
+                activation=activation,
+                scale_bound=scale_bound,
+                context_dim=context_dim,
+            )
         )
-        for m in _alternating_masks(mask, dim, layers)
-    ]
-    return Flow(Compose(*couplings), make_base(base, dim))
+    return Flow(Compose(*steps), make_base(base, dim))
 
 
 @_builder
@@ -120,6 +127,7 @@ def nice(
     mask: str = "odd-even",
     activation: str = "relu",
     base: str = "logistic",
+    actnorm: bool = False,
     context_dim: int = 0,
 ) -> Flow:
     r"""NICE (Dinh et al. 2014): ``layers`` additive couplings, then a diagonal scaling.
@@ -129,7 +137,9 @@ def nice(
 
     As in the paper's MNIST model: partitions alternate between odd and even indices,
     conditioners are ReLU MLPs (5 x 1000 by default) and the base is the standard logistic.
-    Shapes ``(batch, dim)``.
+    ``actnorm=True`` (not in the paper) standardises the input with one data-initialised
+    :class:`ActNorm`, so that features of very different scales need not be rescaled by
+    the slow gradient steps of ``s``. Shapes ``(batch, dim)``.
     """
     _check_int("dim", dim, 2)
     _check_int("layers", layers, 1)
@@ -138,7 +148,8 @@ def nice(
         AdditiveCoupling(m, hidden=hidden, activation=activation, context_dim=context_dim)
         for m in _alternating_masks(mask, dim, layers)
     ]
-    return Flow(Compose(*couplings, DiagonalScaling(dim)), make_base(base, dim))
+    first = [ActNorm(dim)] if actnorm else []
+    return Flow(Compose(*first, *couplings, DiagonalScaling(dim)), make_base(base, dim))
 
 
 def _generative(layers: list[nn.Module]) -> Inverse:

@@ -78,6 +78,8 @@ def build_model(config: Mapping[str, Any], dim: int) -> Flow:
         elif key in given:
             raise ConfigError(f"model {name!r} has no option {key!r}")
     for key, value in config["model_args"].items():
+        if (key not in accepted or key == "dim") and "model_args" not in given:
+            continue  # a data default that this model does not take
         if key not in accepted or key == "dim":
             raise ConfigError(
                 f"model {name!r} has no option {key!r}; it takes "

@@ -137,7 +137,7 @@ def fit(
     batch_size: int = 256,
     lr: float = 1e-3,
     weight_decay: float = 0.0,
-    schedule: str | None = None,
+    schedule: str | None = "cosine",
     clip: float | None = None,
     patience: int | None = None,
     keep_best: bool = True,
@@ -160,8 +160,8 @@ def fit(
         flow: the model, trained in place (and moved to ``device`` / ``dtype``).
         train, val: samples (tensors of continuous data, or :class:`Split`).
         epochs, batch_size, lr, weight_decay: the optimisation.
-        schedule: ``None``, ``"cosine"`` (to 0 over all steps) or ``"plateau"`` (halve the rate
-            after 10 epochs without validation improvement).
+        schedule: ``"cosine"`` (the default: the rate decays to 0 over all steps), ``"plateau"``
+            (halve the rate after 10 epochs without validation improvement) or ``None``.
         clip: clip the gradient norm to this value.
         patience: stop after this many epochs without a better validation NLL.
         keep_best: end with the weights of the best validation epoch (if ``val`` is given).
