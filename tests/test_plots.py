@@ -211,3 +211,20 @@ def test_samples_images_need_a_shape_for_non_square_vectors(tmp_path):
     with pytest.raises(ValueError, match="image_shape"):
         plots.plot_samples_images(flow, tmp_path / "s.png", n=4)
     read_png(plots.plot_samples_images(flow, tmp_path / "s.png", n=4, image_shape=(3, 2, 2)))
+
+
+def test_vi_grid_and_panels(tmp_path):
+    from flowforge import targets
+
+    target = targets.get("u1")
+    flows = [(f"planar K = {k}", ff.models.planar(2, k)) for k in (1, 2)]
+    path = plots.plot_vi_grid(
+        [("U1", target.log_prob, flows)], tmp_path / "grid.png", resolution=40
+    )
+    image = imread(path)
+    assert image.shape[1] > 2 * image.shape[0]  # three columns in one row
+    true, learned = plots.vi_density_panels(flows[0][1], target.log_prob, target.bounds, 50)
+    cell = (8 / 49) ** 2
+    assert true.shape == learned.shape == (50, 50)
+    assert abs(true.sum() * cell - 1) < 1e-9 and abs(learned.sum() * cell - 1) < 1e-9
+    assert true[25, 0] < 1e-3 * true.max()  # U1 is a ring: nothing at the left edge's middle

@@ -8,11 +8,13 @@ torch.Size([512])
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import baselines, datasets, distributions, models, nn, transforms
+from . import baselines, datasets, distributions, models, nn, targets, transforms
+from .diagnostics import Diagnostics, diagnose
 from .distributions import DiagNormal, StandardLogistic, StandardNormal
 from .flow import Flow
 from .io import load, save
 from .training import History, Report, evaluate, fit
+from .variational import VariationalHistory, fit_variational
 
 try:
     __version__ = version("flowforge")
@@ -21,20 +23,25 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 __all__ = [
     "DiagNormal",
+    "Diagnostics",
     "Flow",
     "History",
     "Report",
     "StandardLogistic",
     "StandardNormal",
+    "VariationalHistory",
     "__version__",
     "baselines",
     "datasets",
+    "diagnose",
     "distributions",
     "evaluate",
     "fit",
+    "fit_variational",
     "load",
     "models",
     "nn",
     "save",
+    "targets",
     "transforms",
 ]

@@ -101,6 +101,41 @@ def _add_fit(commands) -> None:
     options.add_argument("--no-plots", dest="plots", action="store_const", const=False)
 
 
+def _add_vi(commands) -> None:
+    vi = commands.add_parser(
+        "vi",
+        help="fit a flow to an unnormalised density by reverse KL (variational inference)",
+        description="Fit a flow q to exp(-U) by minimising KL(q||p). Options can also be set "
+        "in a YAML file (--config); flags override it.",
+    )
+    vi.add_argument("--out", required=True, help="run directory to write")
+    vi.add_argument("--config", help="YAML file of options (keys as the flags, with _)")
+    options = vi.add_argument_group("options (default: see flowforge.config.VI_DEFAULTS)")
+    options.add_argument("--target", help="target name (flowforge list) or module:function")
+    options.add_argument("--dim", type=int, help="dimension (module:function targets)")
+    options.add_argument("--model", help="model name (flowforge list)")
+    options.add_argument("--base", help="normal, logistic or diag-normal (default)")
+    options.add_argument("--layers", type=int)
+    options.add_argument("--hidden", type=_widths, help="conditioner widths, e.g. 64,64")
+    options.add_argument("--steps", type=int)
+    options.add_argument("--batch-size", type=int)
+    options.add_argument("--lr", type=float)
+    options.add_argument("--anneal", type=int, help="steps of annealing beta from 0.01 to 1")
+    options.add_argument("--schedule", choices=["cosine"])
+    options.add_argument("--clip", type=float, help="gradient-norm clipping")
+    options.add_argument("--seed", type=int)
+    options.add_argument("--device", help="cpu, cuda, cuda:1, ...")
+    options.add_argument("--dtype", choices=["float32", "float64"])
+    options.add_argument("--no-progress", dest="progress", action="store_const", const=False)
+    options.add_argument("--no-plots", dest="plots", action="store_const", const=False)
+    diagnose = commands.add_parser(
+        "diagnose", help="KL, ELBO, importance-sampled log Z, ESS and Pareto k-hat of a VI run"
+    )
+    diagnose.add_argument("run", help="run directory of flowforge vi")
+    diagnose.add_argument("-n", type=int, default=100_000, help="samples (default 100000)")
+    diagnose.add_argument("--seed", type=int, default=0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flowforge",
@@ -109,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"flowforge {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_fit(commands)
+    _add_vi(commands)
     evaluate = commands.add_parser(
         "eval", help="test NLL of a run beside a Gaussian baseline and the true entropy"
     )
@@ -137,6 +173,11 @@ def _list() -> None:
     print("datasets:")
     for name, description in datasets.DATASETS.items():
         print(f"  {name:<14} {description}")
+    from . import targets
+
+    print("targets (flowforge vi):")
+    for name, description in targets.TARGETS.items():
+        print(f"  {name:<14} {description}")
     print("models:")
     for name, builder in models.MODELS.items():
         summary = (builder.__doc__ or "").strip().splitlines()[0]
@@ -156,6 +197,17 @@ def _run(args: argparse.Namespace) -> None:
             f"{history.best_val_nll} at epoch {history.best_epoch}; last train NLL "
             f"{last.get('train_nll')}; run written to {args.out}"
         )
+    elif args.command == "vi":
+        keys = [k for k in vi_config_keys() if hasattr(args, k)]
+        config = runs.make_vi_config(args.config, {k: getattr(args, k) for k in keys})
+        _, history = runs.vi_run(config, args.out)
+        last = history.records[-1] if history.records else {}
+        print(
+            f"{history.stopped} after {last.get('step', 0)} steps; final ELBO "
+            f"{last.get('elbo')}; run written to {args.out}"
+        )
+    elif args.command == "diagnose":
+        print(runs.diagnose_run(args.run, n=args.n, seed=args.seed))
     elif args.command == "eval":
         print(runs.format_evaluation(runs.evaluate_run(args.run, args.split)))
     elif args.command == "sample":
@@ -177,6 +229,12 @@ def config_keys() -> list[str]:
     from .config import DEFAULTS
 
     return list(DEFAULTS)
+
+
+def vi_config_keys() -> list[str]:
+    from .config import VI_DEFAULTS
+
+    return list(VI_DEFAULTS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -50,6 +50,29 @@ DATA_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+# Options of `flowforge vi` (variational inference).
+VI_DEFAULTS: dict[str, Any] = {
+    "target": "u1",  # a name in flowforge.targets, or "module:function" returning log p~(z)
+    "dim": None,  # needed for a module:function target
+    "model": "planar",
+    "base": "diag-normal",
+    "layers": None,
+    "hidden": None,
+    "model_args": {},
+    "seed": 0,
+    "steps": 10_000,
+    "batch_size": 1000,
+    "lr": 1e-3,
+    "anneal": None,  # steps of annealing the target from beta = 0.01 to 1
+    "schedule": "cosine",
+    "clip": None,
+    "device": "cpu",
+    "dtype": "float32",
+    "progress": True,
+    "plots": True,
+}
+
+
 class ConfigError(ValueError):
     """A configuration value that cannot be used."""
 
@@ -97,6 +120,14 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "progress": (lambda v: isinstance(v, bool), "true or false"),
     "tensorboard": (_optional(lambda v: isinstance(v, str)), "a log directory or null"),
     "plots": (lambda v: isinstance(v, bool), "true or false"),
+    "target": (
+        lambda v: isinstance(v, str),
+        "a target name (see flowforge list) or module:function",
+    ),
+    "dim": (_optional(_positive_int), "a positive integer or null"),
+    "base": (lambda v: isinstance(v, str), "a base name: normal, logistic or diag-normal"),
+    "steps": (_positive_int, "a positive integer"),
+    "anneal": (_optional(lambda v: isinstance(v, int) and v >= 0), "a number of steps or null"),
 }
 FLOATS = ("lr", "weight_decay", "clip")
 
@@ -123,22 +154,28 @@ def resolve(
     file_values: Mapping[str, Any] | None = None,
     overrides: Mapping[str, Any] | None = None,
     data_kind: Callable[[str], str] = lambda name: name,
+    defaults: Mapping[str, Any] = DEFAULTS,
 ) -> dict[str, Any]:
-    """Merge defaults, the data's defaults, a config file's values and flag overrides, and
-    check every value. ``data_kind`` maps a dataset name to its key in :data:`DATA_DEFAULTS`."""
+    """Merge ``defaults`` (:data:`DEFAULTS` for fitting data, :data:`VI_DEFAULTS` for
+    variational inference), the data's defaults, a config file's values and flag overrides,
+    and check every value. ``data_kind`` maps a dataset name to its key in
+    :data:`DATA_DEFAULTS`."""
     given = {**(file_values or {}), **{k: v for k, v in (overrides or {}).items() if v is not None}}
-    unknown = sorted(set(given) - set(DEFAULTS))
+    unknown = sorted(set(given) - set(defaults))
     if unknown:
         raise ConfigError(
-            f"unknown config key {unknown[0]!r}; expected one of {', '.join(sorted(DEFAULTS))}"
+            f"unknown config key {unknown[0]!r}; expected one of {', '.join(sorted(defaults))}"
         )
-    data = given.get("data", DEFAULTS["data"])
-    config = {**DEFAULTS, **DATA_DEFAULTS.get(data_kind(str(data)), {}), **given}
-    for key, (check, expected) in CHECKS.items():
+    config = dict(defaults)
+    if "data" in defaults:
+        config.update(DATA_DEFAULTS.get(data_kind(str(given.get("data", defaults["data"]))), {}))
+    config.update(given)
+    for key in config:
+        check, expected = CHECKS[key]
         if not check(config[key]):
             raise ConfigError(f"config value {key!r} must be {expected}, got {config[key]!r}")
     for key in FLOATS:
-        if config[key] is not None:
+        if config.get(key) is not None:
             config[key] = _number(config[key])
     return config
 

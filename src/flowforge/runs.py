@@ -8,9 +8,12 @@ and ``plots/``. The command line (:mod:`flowforge.cli`) is a thin layer over the
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import json
 import math
+import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,10 +23,11 @@ import torch
 
 from . import datasets, io, models, plots
 from .baselines import GaussianBaseline
-from .config import ConfigError, read_yaml, resolve, write_yaml
+from .config import VI_DEFAULTS, ConfigError, read_yaml, resolve, write_yaml
 from .datasets.base import Dataset
 from .flow import Flow
 from .training import History, Report, evaluate, fit, nll_values, write_metrics
+from .variational import VariationalHistory, fit_variational
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -142,6 +146,7 @@ def _append_metrics(out: Path, record: dict[str, Any]) -> None:
 
 
 def read_config(run_dir: str | Path) -> dict[str, Any]:
+    """The resolved configuration of a run fitted to data."""
     path = Path(run_dir) / CONFIG_FILE
     if not path.exists():
         raise FileNotFoundError(f"{run_dir} is not a run directory: {CONFIG_FILE} is missing")
@@ -263,4 +268,143 @@ def plot_run(
         )
         images = data.test.dequantize(data.test.x[:64]).reshape(-1, *shape)
         written.append(plots.plot_image_grid(images, folder / "data.png", title="test data"))
+    return written
+
+
+# --- variational inference ---------------------------------------------------------------
+
+
+class CallableTarget:
+    """A user's target given as ``module:function``: the function maps ``(N, dim)`` to the
+    unnormalised log-density ``(N,)``; its normaliser is unknown."""
+
+    def __init__(self, spec: str, dim: int | None) -> None:
+        module_name, _, function_name = spec.partition(":")
+        if not module_name or not function_name:
+            raise ConfigError(f"a target must be a name or module:function, got {spec!r}")
+        if dim is None:
+            raise ConfigError(f"target {spec!r} is a function: give its dimension with --dim")
+        sys.path.insert(0, os.getcwd())
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as error:
+            message = f"cannot import module {module_name!r} of target {spec!r}: {error}"
+            raise ConfigError(message) from None
+        finally:
+            sys.path.pop(0)
+        self.function = getattr(module, function_name, None)
+        if not callable(self.function):
+            raise ConfigError(f"module {module_name!r} has no function {function_name!r}")
+        self.name, self.dim = spec, dim
+        self.bounds = ((-4.0, 4.0), (-4.0, 4.0)) if dim == 2 else None
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        return self.function(z)
+
+    def log_normalizer(self) -> float | None:
+        return None
+
+
+def make_target(config: Mapping[str, Any]):
+    """The configured target: a name in :mod:`flowforge.targets` or ``module:function``."""
+    from . import targets
+
+    name = config["target"]
+    if ":" in name:
+        return CallableTarget(name, config["dim"])
+    if name not in targets.TARGETS:
+        raise ConfigError(
+            f"config value 'target' must be one of {', '.join(targets.TARGETS)} or "
+            f"module:function, got {name!r}"
+        )
+    return targets.get(name) if config["dim"] is None else targets.get(name, dim=config["dim"])
+
+
+def make_vi_config(
+    config_file: str | Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The checked configuration of a variational run: defaults < file < flags."""
+    file_values = read_yaml(config_file) if config_file else {}
+    config = resolve(file_values, overrides, defaults=VI_DEFAULTS)
+    config["model_args"] = {"base": config["base"], **config["model_args"]}
+    config["_given"] = sorted(set(file_values) | {k for k, v in (overrides or {}).items() if v})
+    return config
+
+
+def vi_run(config: Mapping[str, Any], out: str | Path) -> tuple[Flow, VariationalHistory]:
+    """Fit the configured flow to the configured target by reverse KL; write the run."""
+    out = Path(out)
+    target = make_target(config)
+    torch.manual_seed(config["seed"])
+    flow = build_model(config, target.dim)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / METRICS_FILE).unlink(missing_ok=True)
+    write_yaml({k: v for k, v in config.items() if not k.startswith("_")}, out / CONFIG_FILE)
+    try:
+        history = fit_variational(
+            flow,
+            target,
+            steps=config["steps"],
+            batch_size=config["batch_size"],
+            lr=config["lr"],
+            anneal=config["anneal"],
+            schedule=config["schedule"],
+            clip=config["clip"],
+            progress=config["progress"],
+            device=config["device"],
+            dtype=getattr(torch, config["dtype"]),
+            seed=config["seed"],
+            callback=lambda record: _append_metrics(out, record),
+        )
+    finally:
+        io.save(flow, out)
+    if config["plots"]:
+        plot_vi_run(out, flow=flow, target=target, records=history.records)
+    return flow, history
+
+
+def read_vi_config(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{run_dir} is not a run directory: {CONFIG_FILE} is missing")
+    return resolve(read_yaml(path), None, defaults=VI_DEFAULTS)
+
+
+def diagnose_run(run_dir: str | Path, n: int = 100_000, seed: int = 0):
+    """:func:`flowforge.diagnostics.diagnose` of a variational run; written to
+    ``diagnostics.json``."""
+    from .diagnostics import diagnose
+
+    run_dir = Path(run_dir)
+    config = read_vi_config(run_dir)
+    flow = io.load(run_dir, device=config["device"])
+    report = diagnose(flow, make_target(config), n=n, seed=seed)
+    result = {"target": config["target"], "model": config["model"], **report.as_dict()}
+    (run_dir / "diagnostics.json").write_text(json.dumps(result, indent=2) + "\n")
+    return report
+
+
+def plot_vi_run(
+    run_dir: str | Path,
+    flow: Flow | None = None,
+    target: Any = None,
+    records: list[dict[str, Any]] | None = None,
+) -> list[Path]:
+    """The ELBO curve and, for 2-D targets, the target beside q's density and samples."""
+    run_dir = Path(run_dir)
+    config = read_vi_config(run_dir)
+    flow = flow if flow is not None else io.load(run_dir)
+    target = target if target is not None else make_target(config)
+    records = records if records is not None else read_history(run_dir)
+    folder = run_dir / "plots"
+    written = []
+    if records:
+        written.append(plots.plot_elbo(records, folder / "elbo.png", title=config["target"]))
+    if target.dim == 2 and target.bounds is not None:
+        title = f"{config['target']}: {config['model']}"
+        written.append(
+            plots.plot_vi_2d(
+                flow, target.log_prob, folder / "density.png", target.bounds, title=title
+            )
+        )
     return written
