@@ -69,65 +69,61 @@ def _widths(text: str) -> list[int]:
     return widths
 
 
+def _run_parser(commands, name: str, help: str, description: str, defaults: str):
+    """A sub-command that writes a run directory, with the options that fit and vi share."""
+    parser = commands.add_parser(name, help=help, description=description)
+    parser.add_argument("--out", required=True, help="run directory to write")
+    parser.add_argument("--config", help="YAML file of options (keys as the flags, with _)")
+    options = parser.add_argument_group(f"options (default: see flowforge.config.{defaults})")
+    options.add_argument("--model", help="model name (flowforge list)")
+    options.add_argument("--layers", type=int)
+    options.add_argument("--hidden", type=_widths, help="conditioner widths, e.g. 64,64")
+    options.add_argument("--seed", type=int)
+    options.add_argument("--batch-size", type=int)
+    options.add_argument("--lr", type=float)
+    options.add_argument("--clip", type=float, help="gradient-norm clipping")
+    options.add_argument("--device", help="cpu, cuda, cuda:1, ...")
+    options.add_argument("--dtype", choices=["float32", "float64"])
+    options.add_argument("--no-progress", dest="progress", action="store_const", const=False)
+    options.add_argument("--no-plots", dest="plots", action="store_const", const=False)
+    return parser, options
+
+
 def _add_fit(commands) -> None:
-    fit = commands.add_parser(
+    fit, options = _run_parser(
+        commands,
         "fit",
         help="train a flow on a dataset by maximum likelihood and write a run directory",
         description="Train a flow by maximum likelihood. Every option can also be set in a "
         "YAML file (--config); flags given here override the file.",
+        defaults="DEFAULTS",
     )
-    fit.add_argument("--out", required=True, help="run directory to write")
-    fit.add_argument("--config", help="YAML file of options (keys as the flags, with _)")
     fit.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
-    options = fit.add_argument_group("options (default: see flowforge.config.DEFAULTS)")
     options.add_argument("--data", help="dataset name (flowforge list)")
-    options.add_argument("--model", help="model name (flowforge list)")
     options.add_argument("--data-dir", help="directory of data files (MNIST)")
     options.add_argument("--n", type=int, help="toy samples in all splits; MNIST training limit")
-    options.add_argument("--seed", type=int)
     options.add_argument("--epochs", type=int)
-    options.add_argument("--batch-size", type=int)
-    options.add_argument("--lr", type=float)
     options.add_argument("--weight-decay", type=float)
     options.add_argument("--schedule", choices=["cosine", "plateau"])
-    options.add_argument("--clip", type=float, help="gradient-norm clipping")
     options.add_argument("--patience", type=int, help="early stopping on validation NLL")
-    options.add_argument("--layers", type=int)
-    options.add_argument("--hidden", type=_widths, help="conditioner widths, e.g. 64,64")
-    options.add_argument("--device", help="cpu, cuda, cuda:1, ...")
-    options.add_argument("--dtype", choices=["float32", "float64"])
     options.add_argument("--tensorboard", help="TensorBoard log directory")
-    options.add_argument("--no-progress", dest="progress", action="store_const", const=False)
-    options.add_argument("--no-plots", dest="plots", action="store_const", const=False)
 
 
 def _add_vi(commands) -> None:
-    vi = commands.add_parser(
+    _, options = _run_parser(
+        commands,
         "vi",
         help="fit a flow to an unnormalised density by reverse KL (variational inference)",
         description="Fit a flow q to exp(-U) by minimising KL(q||p). Options can also be set "
         "in a YAML file (--config); flags override it.",
+        defaults="VI_DEFAULTS",
     )
-    vi.add_argument("--out", required=True, help="run directory to write")
-    vi.add_argument("--config", help="YAML file of options (keys as the flags, with _)")
-    options = vi.add_argument_group("options (default: see flowforge.config.VI_DEFAULTS)")
     options.add_argument("--target", help="target name (flowforge list) or module:function")
     options.add_argument("--dim", type=int, help="dimension (module:function targets)")
-    options.add_argument("--model", help="model name (flowforge list)")
     options.add_argument("--base", help="normal, logistic or diag-normal (default)")
-    options.add_argument("--layers", type=int)
-    options.add_argument("--hidden", type=_widths, help="conditioner widths, e.g. 64,64")
     options.add_argument("--steps", type=int)
-    options.add_argument("--batch-size", type=int)
-    options.add_argument("--lr", type=float)
     options.add_argument("--anneal", type=int, help="steps of annealing beta from 0.01 to 1")
     options.add_argument("--schedule", choices=["cosine"])
-    options.add_argument("--clip", type=float, help="gradient-norm clipping")
-    options.add_argument("--seed", type=int)
-    options.add_argument("--device", help="cpu, cuda, cuda:1, ...")
-    options.add_argument("--dtype", choices=["float32", "float64"])
-    options.add_argument("--no-progress", dest="progress", action="store_const", const=False)
-    options.add_argument("--no-plots", dest="plots", action="store_const", const=False)
     diagnose = commands.add_parser(
         "diagnose", help="KL, ELBO, importance-sampled log Z, ESS and Pareto k-hat of a VI run"
     )

@@ -102,12 +102,7 @@ def fit_run(
     """Train the configured model and write the run directory ``out``."""
     out = Path(out)
     data, shape = load_data(config)
-    torch.manual_seed(config["seed"])
-    flow = build_model(config, data.train.dim)
-    out.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        (out / METRICS_FILE).unlink(missing_ok=True)
-    write_yaml({k: v for k, v in config.items() if not k.startswith("_")}, out / CONFIG_FILE)
+    flow = _start_run(config, out, data.train.dim, keep_metrics=resume)
     try:
         history = fit(
             flow,
@@ -138,6 +133,17 @@ def fit_run(
     if config["plots"]:
         plot_run(out, flow=flow, data=(data, shape), history=history)
     return flow, history
+
+
+def _start_run(config: Mapping[str, Any], out: Path, dim: int, keep_metrics: bool = False) -> Flow:
+    """Build the configured model (seeded) and open the run directory with its config."""
+    torch.manual_seed(config["seed"])
+    flow = build_model(config, dim)
+    out.mkdir(parents=True, exist_ok=True)
+    if not keep_metrics:
+        (out / METRICS_FILE).unlink(missing_ok=True)
+    write_yaml({k: v for k, v in config.items() if not k.startswith("_")}, out / CONFIG_FILE)
+    return flow
 
 
 def _append_metrics(out: Path, record: dict[str, Any]) -> None:
@@ -335,11 +341,7 @@ def vi_run(config: Mapping[str, Any], out: str | Path) -> tuple[Flow, Variationa
     """Fit the configured flow to the configured target by reverse KL; write the run."""
     out = Path(out)
     target = make_target(config)
-    torch.manual_seed(config["seed"])
-    flow = build_model(config, target.dim)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / METRICS_FILE).unlink(missing_ok=True)
-    write_yaml({k: v for k, v in config.items() if not k.startswith("_")}, out / CONFIG_FILE)
+    flow = _start_run(config, out, target.dim)
     try:
         history = fit_variational(
             flow,

@@ -232,11 +232,7 @@ def fit(
                         f"the training loss became {loss.item()} at epoch {epoch + 1}, step "
                         f"{step + 1}; lower the learning rate (now {lr}) or set clip"
                     )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if clip is not None:
-                    torch.nn.utils.clip_grad_norm_(flow.parameters(), clip)
-                optimizer.step()
+                gradient_step(optimizer, loss, clip)
                 if schedule == "cosine":
                     scheduler.step()
                 total += loss.detach().double().cpu() * len(index)
@@ -307,6 +303,16 @@ def fit(
             flow.load_state_dict(best_state)
         flow.eval()
     return history
+
+
+def gradient_step(optimizer: torch.optim.Optimizer, loss: Tensor, clip: float | None) -> None:
+    """One optimiser step on ``loss``, with the gradient norm clipped to ``clip`` if given."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip is not None:
+        parameters = [p for group in optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(parameters, clip)
+    optimizer.step()
 
 
 def _check_arguments(epochs, batch_size, lr, schedule, clip, patience) -> None:

@@ -26,6 +26,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .flow import Flow
+from .training import gradient_step
 
 
 class UnnormalisedDensity(Protocol):
@@ -134,11 +135,7 @@ def fit_variational(
                     f"lower the learning rate (now {lr}), set clip, or check the target's "
                     f"log_prob for NaN"
                 )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if clip is not None:
-                torch.nn.utils.clip_grad_norm_(flow.parameters(), clip)
-            optimizer.step()
+            gradient_step(optimizer, loss, clip)
             if scheduler is not None:
                 scheduler.step()
             elbo_sum += (log_p - log_q).detach().mean()
