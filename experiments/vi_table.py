@@ -36,6 +36,7 @@ MODELS = {
     "radial-32": {"model": "radial", "layers": 32, **PLANAR},
     "realnvp-8": {"model": "realnvp", "layers": 8, "hidden": [64, 64], "steps": 20_000, "lr": 1e-3},
 }
+LONGER = {"realnvp-8-40k": {**MODELS["realnvp-8"], "steps": 40_000}}  # run with --models
 
 
 def one_run(target: str, label: str, options: dict, out: str, threads: int) -> dict:
@@ -86,7 +87,8 @@ def main() -> None:
     parser.add_argument("--anneal", nargs="*", default=[], help="models for the annealing study")
     args = parser.parse_args()
     common = {"batch_size": args.batch_size}
-    jobs = [(t, m, {**MODELS[m], **common}) for t in TARGETS for m in args.models]
+    choices = {**MODELS, **LONGER}
+    jobs = [(t, m, {**choices[m], **common}) for t in TARGETS for m in args.models]
     for m in args.anneal:  # beta rises from 0.01 to 1 over the first half of the steps
         for t in ("u3", "u4"):
             options = {**MODELS[m], **common}

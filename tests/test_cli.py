@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -104,7 +106,8 @@ def test_bad_config_gives_one_clear_line(tmp_path, capsys, content, message):
 def test_list_shows_every_dataset_and_model(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    for name in [*flowforge.datasets.DATASETS, *flowforge.models.MODELS]:
+    names = [*flowforge.datasets.DATASETS, *flowforge.models.MODELS, *flowforge.targets.TARGETS]
+    for name in names:
         assert f"  {name} " in out
 
 
@@ -125,3 +128,29 @@ def test_image_data_reports_bits_per_dim_and_draws_sample_grids(tmp_path, capsys
     table = capsys.readouterr().out
     assert "bits/dim" in table and "digits, test split, 269 samples" in table
     assert main(["plot", str(out), "--temperature", "0.5"]) == 0
+
+
+def test_sigterm_stops_a_background_fit_cleanly_and_keeps_the_model(tmp_path):
+    """A scheduler's SIGTERM (or kill -INT of a background job) ends training like Ctrl-C:
+    exit 0 with the best weights saved, not a run directory without a model."""
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "flowforge", "fit", "--data", "two-moons", "--out", str(out)]
+    command += ["--n", "2000", "--epochs", "100000", "--layers", "2", "--hidden", "8"]
+    process = subprocess.Popen([*command, "--no-progress", "--no-plots"], stdout=subprocess.PIPE)
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 60
+    while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+        assert time.monotonic() < deadline and process.poll() is None, "training did not start"
+        time.sleep(0.2)
+    process.terminate()
+    stdout, _ = process.communicate(timeout=60)
+    assert process.returncode == 0
+    assert b"interrupted at epoch" in stdout
+    assert (out / "model.safetensors").exists()
+    flowforge.load(out).log_prob(torch.zeros(3, 2))
+
+
+def test_training_commands_restore_the_signal_handlers(tmp_path):
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    fit_tiny(tmp_path)
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before

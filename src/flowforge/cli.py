@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -177,10 +179,30 @@ def _list() -> None:
     print("models:")
     for name, builder in models.MODELS.items():
         summary = (builder.__doc__ or "").strip().splitlines()[0]
-        print(f"  {name:<14} {summary}")
+        print(f"  {name:<14} {summary.replace('``', '')}")
 
 
-def _run(args: argparse.Namespace) -> None:
+@contextmanager
+def _signals_stop_training() -> Iterator[None]:
+    """While training, SIGTERM (batch schedulers, ``kill``) and SIGINT (also in background
+    jobs, which start with it ignored) stop it the way Ctrl-C does: the best weights are
+    saved. The previous handlers come back afterwards."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    for s in previous:
+        signal.signal(s, interrupt)
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _train(args: argparse.Namespace) -> None:
+    """``flowforge fit`` and ``flowforge vi``."""
     from . import runs
 
     if args.command == "fit":
@@ -193,7 +215,7 @@ def _run(args: argparse.Namespace) -> None:
             f"{history.best_val_nll} at epoch {history.best_epoch}; last train NLL "
             f"{last.get('train_nll')}; run written to {args.out}"
         )
-    elif args.command == "vi":
+    else:
         keys = [k for k in vi_config_keys() if hasattr(args, k)]
         config = runs.make_vi_config(args.config, {k: getattr(args, k) for k in keys})
         _, history = runs.vi_run(config, args.out)
@@ -202,6 +224,14 @@ def _run(args: argparse.Namespace) -> None:
             f"{history.stopped} after {last.get('step', 0)} steps; final ELBO "
             f"{last.get('elbo')}; run written to {args.out}"
         )
+
+
+def _run(args: argparse.Namespace) -> None:
+    from . import runs
+
+    if args.command in ("fit", "vi"):
+        with _signals_stop_training():
+            _train(args)
     elif args.command == "diagnose":
         print(runs.diagnose_run(args.run, n=args.n, seed=args.seed))
     elif args.command == "eval":

@@ -159,8 +159,9 @@ def _generative(layers: list[nn.Module]) -> Inverse:
 
 @_builder
 def planar(dim: int, layers: int = 8, *, base: str = "normal") -> Flow:
-    r"""Planar flow (Rezende & Mohamed 2015): :math:`x = f_K \circ \dots \circ f_1(z_0)`.
+    r"""Planar flow (Rezende & Mohamed 2015): ``layers`` planar maps from the base to the data.
 
+    :math:`x = f_K \circ \dots \circ f_1(z_0)`.
     The layers are defined in the generative direction (see :class:`Planar`); ``log_prob(x)``
     inverts them exactly. ``base="diag-normal"`` gives the learnable Gaussian used for
     variational inference. Shapes ``(batch, dim)``.
@@ -172,8 +173,9 @@ def planar(dim: int, layers: int = 8, *, base: str = "normal") -> Flow:
 
 @_builder
 def radial(dim: int, layers: int = 8, *, base: str = "normal") -> Flow:
-    r"""Radial flow (Rezende & Mohamed 2015): :math:`x = f_K \circ \dots \circ f_1(z_0)`.
+    r"""Radial flow (Rezende & Mohamed 2015): ``layers`` radial maps from the base to the data.
 
+    :math:`x = f_K \circ \dots \circ f_1(z_0)`.
     The layers are defined in the generative direction (see :class:`Radial`); ``log_prob(x)``
     inverts them in closed form. Shapes ``(batch, dim)``.
     """
