@@ -18,8 +18,8 @@ from cases import randomize
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def read_png(path) -> np.ndarray:
-    """The image at ``path`` ``(H, W, channels)``, after checking it is a non-blank PNG."""
+def check_png(path) -> np.ndarray:
+    """Check that ``path`` is a non-blank PNG and return its image ``(H, W, channels)``."""
     assert path.is_file()
     assert path.read_bytes()[:8] == PNG_SIGNATURE
     assert path.stat().st_size > 2_000
@@ -72,22 +72,22 @@ def history(epochs: int = 6, **extra) -> list[dict]:
 def test_losses_with_missing_validation_values(tmp_path):
     path = plots.plot_losses(history(), tmp_path / "new" / "dir" / "losses.png", title="toy")
     assert path == tmp_path / "new" / "dir" / "losses.png"
-    read_png(path)
+    check_png(path)
 
 
 def test_losses_without_any_validation(tmp_path):
     runs = [{"epoch": e, "train_nll": 1.0 / e, "val_nll": None} for e in range(1, 4)]
-    read_png(plots.plot_losses(runs, tmp_path / "losses.png"))
+    check_png(plots.plot_losses(runs, tmp_path / "losses.png"))
 
 
 def test_losses_with_bits_per_dim_and_lr_add_panels(tmp_path):
-    plain = read_png(plots.plot_losses(history(), tmp_path / "plain.png"))
+    plain = check_png(plots.plot_losses(history(), tmp_path / "plain.png"))
     runs = history(
         train_bpd=lambda e: 2.0 / e + 1,
         val_bpd=lambda e: 2.1 / e + 1,
         lr=lambda e: 1e-3 * 0.5**e,
     )
-    wide = read_png(plots.plot_losses(runs, str(tmp_path / "wide.png")))
+    wide = check_png(plots.plot_losses(runs, str(tmp_path / "wide.png")))
     assert wide.shape[1] > 2.5 * plain.shape[1]
 
 
@@ -101,18 +101,18 @@ def test_losses_reject_an_empty_history(tmp_path):
 
 def test_density_with_true_density_has_three_panels(realnvp, tmp_path):
     data = ring()
-    two = read_png(plots.plot_density_2d(realnvp, data, tmp_path / "two.png", resolution=40))
+    two = check_png(plots.plot_density_2d(realnvp, data, tmp_path / "two.png", resolution=40))
     three = plots.plot_density_2d(
         realnvp, data, tmp_path / "three.png", true_log_prob=standard_normal_log_prob
     )
-    assert read_png(three).shape[1] > 1.3 * two.shape[1]
+    assert check_png(three).shape[1] > 1.3 * two.shape[1]
 
 
 def test_density_in_float64_with_bounds_and_planar_flow(planar, tmp_path):
     flow = planar.double()
     bounds = ((-4.0, 4.0), (-3.0, 3.0))
     path = plots.plot_density_2d(flow, ring().numpy(), tmp_path / "d.png", bounds=bounds)
-    read_png(path)
+    check_png(path)
     assert flow.training, "the flow's training mode must be restored"
 
 
@@ -129,7 +129,7 @@ def test_default_bounds_cover_the_data_with_a_margin():
 
 @pytest.mark.parametrize("n", [None, 300])
 def test_samples_2d(realnvp, tmp_path, n):
-    read_png(plots.plot_samples_2d(realnvp, ring(), tmp_path / "samples.png", n=n))
+    check_png(plots.plot_samples_2d(realnvp, ring(), tmp_path / "samples.png", n=n))
 
 
 # --- points through the layers -----------------------------------------------------------
@@ -163,8 +163,8 @@ def test_layer_stages_reject_a_bad_every(realnvp):
 @pytest.mark.parametrize("name", ["realnvp", "planar"])
 def test_layers_2d(name, request, tmp_path):
     flow = request.getfixturevalue(name)
-    wide = read_png(plots.plot_layers_2d(flow, ring(), tmp_path / "wide.png", every=1))
-    narrow = read_png(plots.plot_layers_2d(flow, ring(), tmp_path / "narrow.png", every=2))
+    wide = check_png(plots.plot_layers_2d(flow, ring(), tmp_path / "wide.png", every=1))
+    narrow = check_png(plots.plot_layers_2d(flow, ring(), tmp_path / "narrow.png", every=2))
     assert wide.shape[1] > 1.4 * narrow.shape[1]  # 5 panels against 3
 
 
@@ -174,13 +174,13 @@ def test_layers_2d(name, request, tmp_path):
 @pytest.mark.parametrize("shape", [(12, 1, 6, 6), (12, 6, 6), (12, 36)])
 def test_grey_image_grid(tmp_path, shape):
     images = 1.4 * torch.rand(shape) - 0.2  # out of range: clipped
-    image = read_png(plots.plot_image_grid(images, tmp_path / "grid.png", title="grey"))
+    image = check_png(plots.plot_image_grid(images, tmp_path / "grid.png", title="grey"))
     assert np.allclose(image[..., 0], image[..., 1]) and np.allclose(image[..., 0], image[..., 2])
 
 
 def test_rgb_image_grid_with_rows_of_three(tmp_path):
     images = np.random.default_rng(0).random((7, 3, 5, 5))
-    image = read_png(plots.plot_image_grid(images, tmp_path / "rgb.png", nrow=3))
+    image = check_png(plots.plot_image_grid(images, tmp_path / "rgb.png", nrow=3))
     assert not np.allclose(image[..., 0], image[..., 1])
 
 
@@ -203,14 +203,14 @@ def test_samples_images(tmp_path, image_shape, levels, temperature):
         image_shape=image_shape,
         levels=levels,
     )
-    read_png(path)
+    check_png(path)
 
 
 def test_samples_images_need_a_shape_for_non_square_vectors(tmp_path):
     flow = ff.models.nice(dim=12, hidden=(8,))
     with pytest.raises(ValueError, match="image_shape"):
         plots.plot_samples_images(flow, tmp_path / "s.png", n=4)
-    read_png(plots.plot_samples_images(flow, tmp_path / "s.png", n=4, image_shape=(3, 2, 2)))
+    check_png(plots.plot_samples_images(flow, tmp_path / "s.png", n=4, image_shape=(3, 2, 2)))
 
 
 def test_vi_grid_and_panels(tmp_path):
