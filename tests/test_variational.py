@@ -83,6 +83,8 @@ def test_bad_vi_arguments():
         fit_variational(flow, target, steps=0)
     with pytest.raises(ValueError, match="anneal must be"):
         fit_variational(flow, target, anneal=-5)
+    with pytest.raises(ValueError, match="clip must be a positive number"):
+        fit_variational(flow, target, clip=-1.0)
 
 
 def test_vi_and_diagnose_from_the_command_line(tmp_path, capsys, monkeypatch):

@@ -26,7 +26,7 @@ from .baselines import GaussianBaseline
 from .config import VI_DEFAULTS, ConfigError, read_yaml, resolve, write_yaml
 from .datasets.base import Dataset
 from .flow import Flow
-from .training import History, Report, evaluate, fit, nll_values, write_metrics
+from .training import History, fit, nll_values, report_of, write_metrics
 from .variational import VariationalHistory, fit_variational
 
 CONFIG_FILE = "config.yaml"
@@ -177,8 +177,8 @@ def evaluate_run(run_dir: str | Path, split: str = "test") -> dict[str, Any]:
     samples = getattr(data, split)
     flow = io.load(run_dir, device=config["device"])
     gaussian_model = GaussianBaseline(data.train)
-    report: Report = evaluate(flow, samples)
-    gaussian: Report = evaluate(gaussian_model, samples)
+    nll = {"flow": nll_values(flow, samples), "gaussian": nll_values(gaussian_model, samples)}
+    report, gaussian = report_of(nll["flow"], samples), report_of(nll["gaussian"], samples)
     result: dict[str, Any] = {
         "data": config["data"],
         "model": config["model"],
@@ -193,8 +193,8 @@ def evaluate_run(run_dir: str | Path, split: str = "test") -> dict[str, Any]:
         # KL(p || q) = E_p[log p - log q], estimated on the same points: the paired
         # difference varies far less than the NLL itself, so its standard error is small.
         true_nll = -data.log_prob(samples.x.double()).double()
-        for name, model in (("flow", flow), ("gaussian", gaussian_model)):
-            gap = nll_values(model, samples) - true_nll
+        for name, values in nll.items():
+            gap = values - true_nll
             result[f"{name}_kl_paired"] = {
                 "kl": gap.mean().item(),
                 "se": gap.std().item() / math.sqrt(len(gap)),

@@ -121,7 +121,11 @@ def evaluate(
     """Mean NLL of ``model`` on ``data`` in nats, with its standard error; bits/dim for
     discrete data (dequantised with noise from ``seed``)."""
     split = as_split(data)
-    values = nll_values(model, split, batch_size, seed)
+    return report_of(nll_values(model, split, batch_size, seed), split)
+
+
+def report_of(values: Tensor, split: Split) -> Report:
+    """The :class:`Report` of per-sample NLL ``values`` ``(N,)`` computed on ``split``."""
     mean = values.mean().item()
     se = (values.std().item() / math.sqrt(len(values))) if len(values) > 1 else float("nan")
     bpd = split.bits_per_dim(mean) if split.discrete else None
@@ -315,16 +319,21 @@ def gradient_step(optimizer: torch.optim.Optimizer, loss: Tensor, clip: float | 
     optimizer.step()
 
 
-def _check_arguments(epochs, batch_size, lr, schedule, clip, patience) -> None:
-    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
+def check_optimisation(lr: float, clip: float | None, **counts: int) -> None:
+    """One-line errors for a bad learning rate, clipping norm, or count (steps, batch size)."""
+    for name, value in counts.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if not (isinstance(lr, int | float) and lr > 0 and math.isfinite(lr)):
         raise ValueError(f"lr must be a positive number, got {lr!r}")
-    if schedule is not None and schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {SCHEDULES} or None, got {schedule!r}")
     if clip is not None and not (isinstance(clip, int | float) and clip > 0):
         raise ValueError(f"clip must be a positive number or None, got {clip!r}")
+
+
+def _check_arguments(epochs, batch_size, lr, schedule, clip, patience) -> None:
+    check_optimisation(lr, clip, epochs=epochs, batch_size=batch_size)
+    if schedule is not None and schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES} or None, got {schedule!r}")
     if patience is not None and (not isinstance(patience, int) or patience < 1):
         raise ValueError(f"patience must be a positive integer or None, got {patience!r}")
 

@@ -15,7 +15,6 @@ their generative direction.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .flow import Flow
-from .training import gradient_step
+from .training import check_optimisation, gradient_step
 
 
 class UnnormalisedDensity(Protocol):
@@ -101,11 +100,7 @@ def fit_variational(
         before it); Ctrl-C stops it cleanly and returns.
     """
     log_prob = target if callable(target) and not hasattr(target, "log_prob") else target.log_prob
-    for name, value in (("steps", steps), ("batch_size", batch_size), ("log_every", log_every)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if not (isinstance(lr, int | float) and lr > 0 and math.isfinite(lr)):
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    check_optimisation(lr, clip, steps=steps, batch_size=batch_size, log_every=log_every)
     if anneal is not None and (not isinstance(anneal, int) or anneal < 0):
         raise ValueError(f"anneal must be a number of steps >= 0 or None, got {anneal!r}")
     if not 0 < beta0 <= 1:
