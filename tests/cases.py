@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 import flowforge.transforms as T
+from flowforge import models
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,16 @@ class Case:
     min_dim: int = 1
     context_dim: int = 0
     event_shape: Callable[[int], tuple[int, ...]] = lambda dim: (dim,)
+    dims: tuple[int, ...] | None = None  # the sizes to test; None: every size >= min_dim
+    domain: str = "real"  # "unit": data-side inputs lie in (0, 1) (the Logit preprocessing)
+    latent_shape: Callable[[int], tuple[int, ...]] | None = None  # None: the event shape
+    # A factor on the suite's parameter perturbation. Whole image models get half: their
+    # round-off is eps times a condition number that strong noise on a dozen layers pushes
+    # past 1e6, and the tolerances would then test round-off rather than the code.
+    damping: float = 1.0
+
+    def latent_event_shape(self, dim: int) -> tuple[int, ...]:
+        return (self.latent_shape or self.event_shape)(dim)
 
     def __str__(self) -> str:
         return self.name
@@ -45,6 +56,15 @@ def _random_permutation(dim: int) -> T.RandomPermutation:
 
 
 SMALL = (16, 16)
+
+
+def _image(channels: int) -> tuple[int, int, int]:
+    """A tiny image shape, ``channels`` x 4 x 4 (16 to 48 features: Jacobians stay cheap)."""
+    return (channels, 4, 4)
+
+
+CONV = dict(hidden_channels=8, blocks=1)
+IMAGE = dict(event_shape=_image, dims=(1, 3))
 
 CASES = [
     Case("additive-half", lambda d: T.AdditiveCoupling(T.half_mask(d), hidden=SMALL), 2),
@@ -83,6 +103,43 @@ CASES = [
         lambda d: T.ActNorm(d, event_dims=3),
         event_shape=lambda d: (d, 2, 3),
     ),
+    Case("squeeze", lambda d: T.Squeeze(), **IMAGE, latent_shape=lambda d: (4 * d, 2, 2)),
+    Case(
+        "unsqueeze",
+        lambda d: T.Squeeze().inv,
+        event_shape=lambda d: (4 * d, 2, 2),
+        latent_shape=_image,
+        dims=(1, 2),
+    ),
+    Case("invertible-conv1x1", T.InvertibleConv1x1, event_shape=_image, dims=(2, 3)),
+    Case("checkerboard-0", lambda d: T.CheckerboardAffineCoupling(d, 0, **CONV), **IMAGE),
+    Case("checkerboard-1", lambda d: T.CheckerboardAffineCoupling(d, 1, **CONV), **IMAGE),
+    Case("channel-first", lambda d: T.ChannelAffineCoupling(d, True, **CONV), **IMAGE, min_dim=2),
+    Case("channel-last", lambda d: T.ChannelAffineCoupling(d, False, **CONV), **IMAGE, min_dim=2),
+    Case(
+        "factor-out",
+        lambda d: T.FactorOut(T.ChannelAffineCoupling(d - 1, **CONV), 1),
+        event_shape=_image,
+        dims=(3,),
+    ),
+    Case("logit", lambda d: T.Logit(0.05), domain="unit"),
+    Case("logit-image-alpha0", lambda d: T.Logit(0.0), **IMAGE, domain="unit"),
+    # The image models after their Logit preprocessing (tested on its own above): strongly
+    # perturbed layers push the inverse into the saturated tails of the logistic sigmoid.
+    Case(
+        "realnvp-image",
+        lambda d: models.realnvp_image(
+            _image(d), scales=2, blocks=0, channels=8, couplings=1
+        ).transform[1],
+        **IMAGE,
+        damping=0.5,
+    ),
+    Case(
+        "glow",
+        lambda d: models.glow(_image(d), levels=2, steps=1, channels=8).transform[1],
+        **IMAGE,
+        damping=0.5,
+    ),
     Case("reverse", lambda d: T.ReversePermutation(), 2),
     Case("permutation", lambda d: T.Permutation(torch.arange(d).roll(1)), 2),
     Case("random-permutation", lambda d: _random_permutation(d), 2),
@@ -107,12 +164,20 @@ CASES = [
 
 def randomize(module: nn.Module, seed: int = 0, scale: float = 0.5) -> nn.Module:
     """Move every parameter away from its initial value by Gaussian noise of std ``scale``,
-    and mark ActNorm layers initialised, so no test sees only the identity."""
+    and mark ActNorm layers initialised, so no test sees only the identity.
+
+    The triangular factors of an invertible 1x1 convolution get ``scale / sqrt(C)``: random
+    triangular matrices with O(1) entries have condition numbers growing like ``2^C``, which
+    would test float64 round-off rather than the code."""
     generator = torch.Generator().manual_seed(seed)
+    scales = {}
+    for m in module.modules():
+        if isinstance(m, T.InvertibleConv1x1):
+            scales[m.lower] = scales[m.upper] = scale / m.lower.shape[0] ** 0.5
     with torch.no_grad():
         for p in module.parameters():
             noise = torch.randn(p.shape, generator=generator, dtype=torch.float64)
-            p.add_(scale * noise.to(p.dtype))
+            p.add_(scales.get(p, scale) * noise.to(p.dtype))
         for m in module.modules():
             if isinstance(m, T.ActNorm):
                 m.initialized.fill_(True)

@@ -31,9 +31,11 @@ def test_demo_prints_every_model(capsys):
     assert main(["demo", "--seed", "1"]) == 0
     out = capsys.readouterr().out
     for name in flowforge.models.MODELS:
-        row = next(line for line in out.splitlines() if line.startswith(name))
+        row = next(line for line in out.splitlines() if line.startswith(f"{name} "))
+        mean_log_p = float(row.split()[3])
         round_trip, gap = (float(v) for v in row.split()[-3:-1])
-        assert round_trip < 1e-3 and gap < 1e-3
+        # float32: the log-density of 784 pixels is a sum of ~1e4 terms, so compare relatively.
+        assert round_trip < 1e-3 and gap < 1e-3 * max(1.0, abs(mean_log_p) / 10)
 
 
 def fit_tiny(tmp_path, *extra):

@@ -67,7 +67,7 @@ def midpoint_grid(half_width: float, step: float) -> tuple[torch.Tensor, float, 
 def test_names():
     assert list(toys.TOYS) == TOY_NAMES
     assert set(toys.ENTROPY) == set(TOY_NAMES)
-    assert list(datasets.DATASETS) == [*TOY_NAMES, "digits", "mnist"]
+    assert list(datasets.DATASETS) == [*TOY_NAMES, "digits", "mnist", "cifar10"]
     assert all(isinstance(v, str) and v for v in datasets.DATASETS.values())
 
 

@@ -8,10 +8,11 @@ torch.Size([512])
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import baselines, datasets, distributions, models, nn, targets, transforms
+from . import baselines, datasets, distributions, inpainting, models, nn, targets, transforms
 from .diagnostics import Diagnostics, diagnose
 from .distributions import DiagNormal, StandardLogistic, StandardNormal
 from .flow import Flow
+from .inpainting import inpaint
 from .io import load, save
 from .training import History, Report, evaluate, fit
 from .variational import VariationalHistory, fit_variational
@@ -38,6 +39,8 @@ __all__ = [
     "evaluate",
     "fit",
     "fit_variational",
+    "inpaint",
+    "inpainting",
     "load",
     "models",
     "nn",

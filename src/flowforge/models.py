@@ -15,15 +15,23 @@ from torch import nn
 
 from .distributions import make_base
 from .flow import Flow
+from .nn import zero_conv
 from .transforms import (
     ActNorm,
     AdditiveCoupling,
     AffineCoupling,
+    ChannelAffineCoupling,
+    CheckerboardAffineCoupling,
     Compose,
     DiagonalScaling,
+    FactorOut,
     Inverse,
+    InvertibleConv1x1,
+    Logit,
     Planar,
     Radial,
+    Squeeze,
+    Transform,
     half_mask,
     odd_even_mask,
 )
@@ -182,3 +190,127 @@ def radial(dim: int, layers: int = 8, *, base: str = "normal") -> Flow:
     _check_int("dim", dim, 1)
     _check_int("layers", layers, 1)
     return Flow(_generative([Radial(dim) for _ in range(layers)]), make_base(base, dim))
+
+
+# ---------------------------------------------------------------------------- images
+
+
+def _check_image_shape(shape: Sequence[int], squeezes: int, what: str) -> tuple[int, int, int]:
+    """``shape`` as ``(C, H, W)``, with ``H`` and ``W`` divisible by ``2**squeezes``."""
+    shape = tuple(shape)
+    if len(shape) != 3 or not all(isinstance(s, int) and s > 0 for s in shape):
+        raise ValueError(
+            f"shape must be (channels, height, width) of positive integers, got {shape}"
+        )
+    factor = 2**squeezes
+    if shape[1] % factor or shape[2] % factor:
+        raise ValueError(
+            f"{what} squeeze the image {squeezes} times, so height and width must be divisible "
+            f"by {factor}; got {shape[1]}x{shape[2]} (use fewer, or pad the images)"
+        )
+    return shape
+
+
+@_builder
+def realnvp_image(
+    shape: Sequence[int],
+    scales: int = 3,
+    blocks: int = 2,
+    channels: int = 64,
+    *,
+    couplings: int = 3,
+    alpha: float = 0.05,
+    scale_bound: float = 3.0,
+    actnorm: bool = True,
+    base: str = "normal",
+) -> Flow:
+    r"""Multi-scale Real NVP (Dinh et al. 2016) on images ``(batch, C, H, W)`` in ``[0, 1]``.
+
+    After the :class:`Logit` preprocessing, each scale but the last applies ``couplings``
+    checkerboard couplings (alternating colours), a :class:`Squeeze`, ``couplings``
+    channel-wise couplings (alternating halves), then factors out half of the channels
+    (:class:`FactorOut`) and hands the rest to the next scale; the last scale applies
+    ``couplings + 1`` checkerboard couplings. Conditioners are :class:`ConvResNet` with
+    ``blocks`` residual blocks of ``channels`` channels. ``actnorm=True`` puts an
+    :class:`ActNorm` after every coupling (the data-initialised stand-in for the paper's
+    batch normalisation, which would make samples of a batch depend on each other). The latent
+    keeps the data's shape; the standard-normal ``base`` factorises over the scales' parts.
+    """
+    _check_int("scales", scales, 1)
+    _check_int("blocks", blocks, 0)
+    _check_int("channels", channels, 1)
+    _check_int("couplings", couplings, 1)
+    c, _, _ = _check_image_shape(shape, scales - 1, f"{scales} scales")
+    net = dict(hidden_channels=channels, blocks=blocks, scale_bound=scale_bound)
+
+    def normalised(coupling: Transform, width: int) -> list[Transform]:
+        return [coupling, ActNorm(width, event_dims=3)] if actnorm else [coupling]
+
+    def scale(width: int, index: int) -> Transform:
+        last = index == scales - 1
+        layers = []
+        for i in range(couplings + 1 if last else couplings):
+            layers += normalised(CheckerboardAffineCoupling(width, parity=i % 2, **net), width)
+        if last:
+            return Compose(*layers)
+        layers.append(Squeeze())
+        for i in range(couplings):
+            layers += normalised(ChannelAffineCoupling(4 * width, i % 2 == 0, **net), 4 * width)
+        layers += [FactorOut(scale(2 * width, index + 1), 2 * width), Squeeze().inv]
+        return Compose(*layers)
+
+    return Flow(Compose(Logit(alpha), scale(c, 0)), make_base(base, tuple(shape)))
+
+
+@_builder
+def glow(
+    shape: Sequence[int],
+    levels: int = 3,
+    steps: int = 32,
+    channels: int = 512,
+    *,
+    blocks: int = 0,
+    alpha: float = 0.05,
+    scale_bound: float = 3.0,
+    learn_prior: bool = True,
+    base: str = "normal",
+) -> Flow:
+    r"""Glow (Kingma & Dhariwal 2018) on images ``(batch, C, H, W)`` in ``[0, 1]``.
+
+    After the :class:`Logit` preprocessing, each level applies a :class:`Squeeze` and
+    ``steps`` steps of flow, each an :class:`ActNorm` (data-initialised), an
+    :class:`InvertibleConv1x1` (LU form) and a :class:`ChannelAffineCoupling` whose
+    conditioner is 3x3 conv, ReLU, 1x1 conv, ReLU, zero 3x3 conv with ``channels`` channels
+    (``blocks`` > 0 adds residual blocks). Every level but the last then factors out half of
+    the channels. With ``learn_prior`` the factored half gets Glow's learned prior, a Gaussian
+    whose mean and scale a zero-initialised convolution computes from the other half,
+    written as the affine map :math:`\epsilon = (z_1 - \mu(z_2)) e^{-\log\sigma(z_2)}` into
+    the standard-normal base (so temperature scales it too). Defaults are the paper's
+    (L = 3, K = 32, 512 channels); the image must be divisible by ``2**levels``.
+    """
+    _check_int("levels", levels, 1)
+    _check_int("steps", steps, 1)
+    _check_int("channels", channels, 1)
+    _check_int("blocks", blocks, 0)
+    c, _, _ = _check_image_shape(shape, levels, f"{levels} levels")
+    net = dict(hidden_channels=channels, blocks=blocks, scale_bound=scale_bound)
+
+    def level(width: int, index: int) -> Transform:
+        width *= 4
+        layers: list[Transform] = [Squeeze()]
+        for _ in range(steps):
+            layers += [
+                ActNorm(width, event_dims=3),
+                InvertibleConv1x1(width),
+                ChannelAffineCoupling(width, **net),
+            ]
+        if index < levels - 1:
+            half = width // 2
+            if learn_prior:
+                prior = zero_conv(width - half, 2 * half)
+                layers.append(ChannelAffineCoupling(width, keep_first=False, conditioner=prior))
+            layers.append(FactorOut(level(width - half, index + 1), half))
+        layers.append(Squeeze().inv)
+        return Compose(*layers)
+
+    return Flow(Compose(Logit(alpha), level(c, 0)), make_base(base, tuple(shape)))

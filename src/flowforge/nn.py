@@ -69,3 +69,69 @@ class MLP(nn.Sequential):
         if isinstance(index, slice):
             return nn.Sequential(*list(self)[index])
         return super().__getitem__(index)
+
+
+def _weight_normed(conv: nn.Conv2d) -> nn.Module:
+    """``conv`` with its weight as :math:`g\\, v / \\|v\\|` per output channel."""
+    return nn.utils.parametrizations.weight_norm(conv)
+
+
+def zero_conv(in_channels: int, out_channels: int, kernel_size: int = 3) -> nn.Conv2d:
+    """A same-padded convolution that starts at zero, so its transform starts as the identity."""
+    conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
+    nn.init.zeros_(conv.weight)
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
+class ResidualBlock(nn.Module):
+    r""":math:`h + \mathrm{conv}_3(\sigma(\mathrm{conv}_3(\sigma(h))))`, weight-normalised.
+
+    Shapes: ``(batch, C, H, W) -> (batch, C, H, W)``.
+    """
+
+    def __init__(self, channels: int, activation: str | Callable[[], nn.Module] = "relu") -> None:
+        super().__init__()
+        first = make_activation(activation)
+        if hasattr(first, "inplace"):
+            first.inplace = False  # h itself is still needed for the sum
+        self.body = nn.Sequential(
+            first,
+            _weight_normed(nn.Conv2d(channels, channels, 3, padding=1)),
+            make_activation(activation),
+            _weight_normed(nn.Conv2d(channels, channels, 3, padding=1)),
+        )
+
+    def forward(self, h):
+        return h + self.body(h)
+
+
+class ConvResNet(nn.Sequential):
+    r"""The convolutional conditioner of the image couplings.
+
+    .. math:: y = \mathrm{conv}^{0}_{3\times3}\big(\sigma(\mathrm{conv}_{1\times1}(\sigma(
+              R_K \circ \dots \circ R_1(\mathrm{conv}_{3\times3}(x)))))\big)
+
+    with weight-normalised convolutions, ``blocks`` residual blocks :math:`R_k`
+    (:class:`ResidualBlock`) and a last convolution :math:`\mathrm{conv}^0` that starts at
+    zero. ``blocks=0`` is Glow's conditioner (3x3, ReLU, 1x1, ReLU, zero 3x3).
+
+    Shapes: ``(batch, in_channels, H, W) -> (batch, out_channels, H, W)``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        channels: int = 64,
+        blocks: int = 1,
+        activation: str | Callable[[], nn.Module] = "relu",
+    ) -> None:
+        super().__init__(
+            _weight_normed(nn.Conv2d(in_channels, channels, 3, padding=1)),
+            *(ResidualBlock(channels, activation) for _ in range(blocks)),
+            make_activation(activation),
+            _weight_normed(nn.Conv2d(channels, channels, 1)),
+            make_activation(activation),
+            zero_conv(channels, out_channels),
+        )

@@ -24,7 +24,7 @@ import torch
 from . import datasets, io, models, plots
 from .baselines import GaussianBaseline
 from .config import VI_DEFAULTS, ConfigError, read_yaml, resolve, write_yaml
-from .datasets.base import Dataset
+from .datasets.base import Dataset, Split
 from .flow import Flow
 from .training import History, fit, nll_values, report_of, write_metrics
 from .variational import VariationalHistory, fit_variational
@@ -50,9 +50,14 @@ def make_config(
     return config
 
 
+def is_image_model(name: str) -> bool:
+    """Whether the builder ``name`` takes an image ``shape`` (else a vector ``dim``)."""
+    return name in models.MODELS and "shape" in inspect.signature(models.MODELS[name]).parameters
+
+
 def load_data(config: Mapping[str, Any]) -> tuple[Dataset, tuple[int, ...]]:
-    """The configured dataset flattened to vectors (every current model is a vector flow),
-    and the shape of one sample before flattening."""
+    """The configured dataset, flattened to vectors unless the model is an image model, and
+    the shape of one sample before flattening."""
     if config["data"] not in datasets.DATASETS:
         raise ConfigError(
             f"config value 'data' must be one of {', '.join(datasets.DATASETS)}, "
@@ -61,11 +66,19 @@ def load_data(config: Mapping[str, Any]) -> tuple[Dataset, tuple[int, ...]]:
     data = datasets.load(
         config["data"], n=config["n"], seed=config["seed"], data_dir=config["data_dir"]
     )
-    return data.flatten(), tuple(data.event_shape)
+    shape = tuple(data.event_shape)
+    if is_image_model(config["model"]):
+        if len(shape) != 3:
+            raise ConfigError(
+                f"model {config['model']!r} needs images (channels, height, width), but "
+                f"{config['data']!r} has samples of shape {shape}"
+            )
+        return data, shape
+    return data.flatten(), shape
 
 
-def build_model(config: Mapping[str, Any], dim: int) -> Flow:
-    """The configured model for ``dim``-dimensional data."""
+def build_model(config: Mapping[str, Any], shape: int | tuple[int, ...]) -> Flow:
+    """The configured model for data of ``shape`` (a vector width for vector models)."""
     name = config["model"]
     if name not in models.MODELS:
         raise ConfigError(
@@ -73,7 +86,8 @@ def build_model(config: Mapping[str, Any], dim: int) -> Flow:
         )
     accepted = set(inspect.signature(models.MODELS[name]).parameters)
     given = set(config.get("_given", ()))
-    kwargs: dict[str, Any] = {"dim": dim}
+    size = "shape" if "shape" in accepted else "dim"
+    kwargs: dict[str, Any] = {size: shape if size == "shape" else math.prod(_as_tuple(shape))}
     for key in ("layers", "hidden"):
         if config[key] is None:
             continue
@@ -82,12 +96,12 @@ def build_model(config: Mapping[str, Any], dim: int) -> Flow:
         elif key in given:
             raise ConfigError(f"model {name!r} has no option {key!r}")
     for key, value in config["model_args"].items():
-        if (key not in accepted or key == "dim") and "model_args" not in given:
+        if (key not in accepted or key == size) and "model_args" not in given:
             continue  # a data default that this model does not take
-        if key not in accepted or key == "dim":
+        if key not in accepted or key == size:
             raise ConfigError(
                 f"model {name!r} has no option {key!r}; it takes "
-                f"{', '.join(sorted(accepted - {'dim'}))}"
+                f"{', '.join(sorted(accepted - {size}))}"
             )
         kwargs[key] = value
     try:
@@ -96,13 +110,17 @@ def build_model(config: Mapping[str, Any], dim: int) -> Flow:
         raise ConfigError(f"model {name!r}: {error}") from None
 
 
+def _as_tuple(shape: int | tuple[int, ...]) -> tuple[int, ...]:
+    return (shape,) if isinstance(shape, int) else tuple(shape)
+
+
 def fit_run(
     config: Mapping[str, Any], out: str | Path, resume: bool = False
 ) -> tuple[Flow, History]:
     """Train the configured model and write the run directory ``out``."""
     out = Path(out)
     data, shape = load_data(config)
-    flow = _start_run(config, out, data.train.dim, keep_metrics=resume)
+    flow = _start_run(config, out, tuple(data.train.event_shape), keep_metrics=resume)
     try:
         history = fit(
             flow,
@@ -135,10 +153,12 @@ def fit_run(
     return flow, history
 
 
-def _start_run(config: Mapping[str, Any], out: Path, dim: int, keep_metrics: bool = False) -> Flow:
+def _start_run(
+    config: Mapping[str, Any], out: Path, shape: int | tuple[int, ...], keep_metrics: bool = False
+) -> Flow:
     """Build the configured model (seeded) and open the run directory with its config."""
     torch.manual_seed(config["seed"])
-    flow = build_model(config, dim)
+    flow = build_model(config, shape)
     out.mkdir(parents=True, exist_ok=True)
     if not keep_metrics:
         (out / METRICS_FILE).unlink(missing_ok=True)
@@ -274,7 +294,114 @@ def plot_run(
         )
         images = data.test.dequantize(data.test.x[:64]).reshape(-1, *shape)
         written.append(plots.plot_image_grid(images, folder / "data.png", title="test data"))
+        for cold in (0.7, 0.0):
+            written.append(
+                plots.plot_samples_images(
+                    flow,
+                    folder / f"samples-T{cold:g}.png",
+                    n=64,
+                    temperature=cold,
+                    image_shape=shape,
+                )
+            )
+        pairs = data.test.dequantize(data.test.x[:12]).to(flow.dtype)
+        written.append(
+            plots.plot_interpolation(
+                flow, pairs[0::2], pairs[1::2], folder / "interpolation.png", image_shape=shape
+            )
+        )
     return written
+
+
+# --- inpainting ------------------------------------------------------------------------
+
+
+def read_images(spec: str, data: Dataset, shape: tuple[int, ...]) -> torch.Tensor:
+    """Images to inpaint, as pixel values ``(B, *shape)``: ``spec`` is comma-separated indices
+    into the test split (``"0,1,2"``), ``first:N`` for its first ``N`` images, or a ``.npy``
+    file of pixel values of that shape (read without pickle)."""
+    test = data.test.x.reshape(-1, *shape)
+    if spec.endswith(".npy"):
+        path = Path(spec)
+        if not path.is_file():
+            raise FileNotFoundError(f"image file {spec} does not exist")
+        images = torch.from_numpy(np.load(path, allow_pickle=False)).to(torch.float32)
+        images = images.reshape(-1, *shape) if images.numel() % math.prod(shape) == 0 else images
+        if tuple(images.shape[1:]) != shape:
+            raise ValueError(f"{spec}: expected images of shape (N, {shape}), got {images.shape}")
+        return images
+    try:
+        if spec.startswith("first:"):
+            indices = list(range(int(spec[len("first:") :])))
+        else:
+            indices = [int(i) for i in spec.split(",")]
+    except ValueError:
+        raise ValueError(
+            f"--image must be test-image indices such as 0,1,2, first:N, or a .npy file; "
+            f"got {spec!r}"
+        ) from None
+    bad = [i for i in indices if not 0 <= i < len(test)]
+    if bad or not indices:
+        raise ValueError(f"test image indices must be in [0, {len(test)}), got {spec!r}")
+    return test[indices]
+
+
+def inpaint_run(
+    run_dir: str | Path,
+    images: str,
+    mask: str,
+    out: str | Path,
+    *,
+    restarts: int = 8,
+    steps: int = 300,
+    lr: float = 0.05,
+    seed: int = 0,
+    baselines: bool = True,
+) -> dict[str, Any]:
+    """Inpaint images with a trained run's flow as the prior (:func:`flowforge.inpaint`).
+
+    Observed pixels ``k`` sit at the centre of their dequantisation bin, ``(k + 0.5) / L``;
+    ``mask`` is ``center``, ``top``, ``random50`` or a mask file (see
+    :func:`flowforge.inpainting.make_mask`). Writes ``inpainting.png`` (original, masked,
+    inpainted and, with ``baselines``, the mean-image and Gaussian conditional-mean fills),
+    ``inpainted.npy`` and ``inpainting.json`` (log p and PSNR of each method), into ``out``.
+    """
+    from .inpainting import gaussian_fill, inpaint, make_mask, mean_fill, psnr
+
+    run_dir, out = Path(run_dir), Path(out)
+    config = read_config(run_dir)
+    data, shape = load_data(config)
+    if len(shape) != 3 or not data.test.discrete:
+        raise ConfigError(f"inpainting needs an image dataset, but {config['data']!r} is not")
+    flow = io.load(run_dir, device=config["device"])
+    levels = data.test.levels
+    truth = (read_images(images, data, shape) + 0.5) / levels
+    missing = make_mask(mask, shape, seed=seed).expand_as(truth)
+    torch.manual_seed(seed)
+    result = inpaint(flow, truth, missing, restarts=restarts, steps=steps, lr=lr, seed=seed)
+    fills = {"flow": result.image}
+    if baselines:
+        train = Split(data.train.x.reshape(-1, *shape), levels=levels)
+        fills["mean image"] = mean_fill(train, truth, missing, bounds=(0.0, 1.0))
+        fills["Gaussian"] = gaussian_fill(train, truth, missing, bounds=(0.0, 1.0))
+    report: dict[str, Any] = {"run": str(run_dir), "images": images, "mask": mask}
+    for name, filled in fills.items():
+        scores = psnr(filled, truth, missing)
+        report[name] = {"psnr": scores.mean().item(), "psnr_per_image": scores.tolist()}
+    report["flow"]["log_prob"] = result.log_prob.reshape(-1).tolist()
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / "inpainted.npy", result.image.cpu().numpy())
+    (out / "inpainting.json").write_text(json.dumps(report, indent=2) + "\n")
+    plots.plot_inpainting(
+        truth,
+        missing,
+        result.image,
+        out / "inpainting.png",
+        methods=[(name, fill) for name, fill in fills.items() if name != "flow"],
+        labels=("original", "masked", f"{config['model']} prior"),
+        title=f"{config['data']}: {mask} pixels missing",
+    )
+    return report
 
 
 # --- variational inference ---------------------------------------------------------------

@@ -15,11 +15,13 @@ from typing import Any
 
 from . import images
 from .base import Dataset, Split, split_three
+from .cifar import cifar10
 from .images import digits, mnist
 
 _IMAGES: dict[str, str] = {
     "digits": "scikit-learn's 1,797 8x8 digits, pixel values 0..16 (levels 17), split 70/15/15",
     "mnist": "MNIST 28x28, pixel values 0..255, 50k/10k/10k, from local IDX files",
+    "cifar10": "CIFAR-10 3x32x32, pixel values 0..255, 45k/5k/10k, from local batch files",
 }
 
 
@@ -53,8 +55,9 @@ def load(
 
     Toys draw ``n`` samples (20,000 if None) split 80/10/10 (:func:`toys.make`); ``digits``
     ignores ``n`` and ``data_dir``; ``mnist`` reads from ``data_dir`` (see
-    :func:`images.find_mnist`) and keeps ``n`` training images if given. ``flatten=True``
-    returns samples as vectors ``(N, D)``.
+    :func:`images.find_mnist`) and ``cifar10`` from ``data_dir`` in its binary or python
+    version (see :func:`cifar.find_cifar10`); both keep ``n`` training images if given.
+    ``flatten=True`` returns samples as vectors ``(N, D)``.
     """
     toys = _toys()
     if name in toys.TOYS:
@@ -63,6 +66,8 @@ def load(
         data = digits(seed)
     elif name == "mnist":
         data = mnist(data_dir, n=n, seed=seed)
+    elif name == "cifar10":
+        data = cifar10(data_dir, n=n, seed=seed)
     else:
         names = [*toys.TOYS, *_IMAGES]
         raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(names)}")
@@ -75,6 +80,7 @@ __all__ = [
     "TOYS",
     "Dataset",
     "Split",
+    "cifar10",
     "digits",
     "images",
     "load",

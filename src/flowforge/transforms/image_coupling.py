@@ -1,0 +1,151 @@
+r"""Affine couplings of images ``(batch, C, H, W)`` with convolutional conditioners.
+
+Two partitions of Real NVP (Dinh et al. 2016, sec. 3.4): a spatial checkerboard, and the
+channels split in halves. Both use the bounded log-scale of
+:class:`~flowforge.transforms.AffineCoupling`:
+
+.. math:: z_B = x_B \odot e^{s} + t,\quad s = B\tanh(\hat s / B),\quad
+          (\hat s, t) = \mathrm{NN}(x_A),\quad \log|\det J| = \textstyle\sum s
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from ..nn import ConvResNet
+from .base import Transform
+from .coupling import soft_clamp
+
+
+def checkerboard(height: int, width: int, parity: int = 0, device=None) -> Tensor:
+    """``(1, H, W)`` booleans, True where ``(i + j) % 2 == parity`` (the kept pixels)."""
+    i = torch.arange(height, device=device).view(-1, 1)
+    j = torch.arange(width, device=device).view(1, -1)
+    return ((i + j) % 2 == parity).unsqueeze(0)
+
+
+def _check_scale_bound(scale_bound: float) -> None:
+    if not scale_bound > 0 or math.isinf(scale_bound):
+        raise ValueError(f"scale_bound must be a positive finite number, got {scale_bound}")
+
+
+class CheckerboardAffineCoupling(Transform):
+    r"""Real NVP's checkerboard coupling: the pixels with ``(i + j) % 2 == parity`` are kept.
+
+    .. math:: z = x \odot e^{(1-b) \odot s(b \odot x)} + (1 - b) \odot t(b \odot x)
+
+    A convolution needs the full image grid, so the conditioner sees ``b * x`` (the kept
+    pixels, zeros elsewhere) and only the outputs at the other pixels are used.
+
+    Args:
+        channels: ``C``.
+        parity: 0 or 1, which colour of the checkerboard is kept.
+        hidden_channels, blocks, activation: of the :class:`~flowforge.nn.ConvResNet`.
+        scale_bound: ``B``, the largest log-scale one layer applies.
+
+    Shapes: ``(batch, C, H, W) -> (batch, C, H, W)``.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        parity: int = 0,
+        hidden_channels: int = 64,
+        blocks: int = 1,
+        activation: str | Callable[[], nn.Module] = "relu",
+        scale_bound: float = 3.0,
+    ) -> None:
+        super().__init__()
+        if parity not in (0, 1):
+            raise ValueError(f"parity must be 0 or 1, got {parity!r}")
+        _check_scale_bound(scale_bound)
+        self.parity = parity
+        self.scale_bound = scale_bound
+        self.conditioner = ConvResNet(channels, 2 * channels, hidden_channels, blocks, activation)
+
+    def _scale_shift(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        kept = checkerboard(x.shape[2], x.shape[3], self.parity, x.device)
+        raw_scale, shift = self.conditioner(x * kept).chunk(2, dim=1)
+        return soft_clamp(raw_scale, self.scale_bound) * ~kept, shift * ~kept
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        log_scale, shift = self._scale_shift(x)
+        return x * log_scale.exp() + shift, log_scale.flatten(1).sum(-1)
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        log_scale, shift = self._scale_shift(z)
+        return (z - shift) * torch.exp(-log_scale), -log_scale.flatten(1).sum(-1)
+
+    def extra_repr(self) -> str:
+        return f"parity={self.parity}, scale_bound={self.scale_bound}"
+
+
+class ChannelAffineCoupling(Transform):
+    r"""The channel-wise coupling of Real NVP and Glow: one half of the channels is kept.
+
+    .. math:: z_A = x_A, \qquad z_B = x_B \odot e^{s(x_A)} + t(x_A)
+
+    with ``A`` the first ``C // 2`` channels (``keep_first=True``) or the last ``C - C // 2``.
+
+    Args:
+        channels: ``C`` (at least 2).
+        keep_first: which half is kept.
+        hidden_channels, blocks, activation: of the default :class:`~flowforge.nn.ConvResNet`.
+        scale_bound: ``B``, the largest log-scale one layer applies.
+        conditioner: a network to use instead, ``(batch, |A|, H, W) -> (batch, 2|B|, H, W)``.
+
+    Shapes: ``(batch, C, H, W) -> (batch, C, H, W)``.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        keep_first: bool = True,
+        hidden_channels: int = 64,
+        blocks: int = 1,
+        activation: str | Callable[[], nn.Module] = "relu",
+        scale_bound: float = 3.0,
+        conditioner: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        if channels < 2:
+            raise ValueError(f"a channel coupling needs at least 2 channels, got {channels}")
+        _check_scale_bound(scale_bound)
+        self.kept = channels // 2 if keep_first else channels - channels // 2
+        self.keep_first = keep_first
+        self.scale_bound = scale_bound
+        changed = channels - self.kept
+        if conditioner is None:
+            conditioner = ConvResNet(self.kept, 2 * changed, hidden_channels, blocks, activation)
+        self.conditioner = conditioner
+
+    def _split(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if self.keep_first:
+            return x[:, : self.kept], x[:, self.kept :]
+        return x[:, -self.kept :], x[:, : -self.kept]
+
+    def _merge(self, kept: Tensor, changed: Tensor) -> Tensor:
+        return torch.cat((kept, changed) if self.keep_first else (changed, kept), dim=1)
+
+    def _scale_shift(self, kept: Tensor) -> tuple[Tensor, Tensor]:
+        raw_scale, shift = self.conditioner(kept).chunk(2, dim=1)
+        return soft_clamp(raw_scale, self.scale_bound), shift
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        x_a, x_b = self._split(x)
+        log_scale, shift = self._scale_shift(x_a)
+        z_b = x_b * log_scale.exp() + shift
+        return self._merge(x_a, z_b), log_scale.flatten(1).sum(-1)
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        z_a, z_b = self._split(z)
+        log_scale, shift = self._scale_shift(z_a)
+        x_b = (z_b - shift) * torch.exp(-log_scale)
+        return self._merge(z_a, x_b), -log_scale.flatten(1).sum(-1)
+
+    def extra_repr(self) -> str:
+        return f"kept={self.kept}, keep_first={self.keep_first}, scale_bound={self.scale_bound}"
