@@ -12,7 +12,6 @@ every run as config overrides, e.g. ``-- epochs=50 lr=0.002``.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from tables import write_results
 
 from flowforge import runs
 
@@ -84,11 +84,7 @@ def main() -> None:
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
         futures = [pool.submit(one_run, d, m, args.out, overrides, threads) for d, m in pairs]
         results = [f.result() for f in futures]
-    markdown = table(results)
-    print(markdown)
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "table.md").write_text(markdown + "\n")
-    (Path(args.out) / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_results(args.out, table(results), results)
 
 
 if __name__ == "__main__":

@@ -12,11 +12,11 @@ For each run and mask this calls :func:`flowforge.runs.inpaint_run` (which write
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import torch
+from tables import write_results
 
 from flowforge import runs
 
@@ -34,7 +34,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = ["| mask | method | PSNR (dB) | s.e. | seconds |", "|---|---|---|---|---|"]
+    rows = [
+        "| mask | method | PSNR (dB) | s.e. | log p(fill) >= log p(truth) | seconds |",
+        "|---|---|---|---|---|---|",
+    ]
     results = []
     for mask in args.masks:
         baseline_rows = []
@@ -54,16 +57,12 @@ def main() -> None:
                 label = f"{Path(run).name} prior" if name == "flow" else name
                 row = f"| {mask} | {label} | {scores['psnr']:.2f} | {se:.2f} |"
                 if name == "flow":
-                    rows.append(f"{row} {seconds:.0f} |")
-                elif not baseline_rows or len(baseline_rows) < 2:
-                    baseline_rows.append(f"{row} |")
+                    rows.append(f"{row} {100 * scores['map_beats_truth']:.0f}% | {seconds:.0f} |")
+                elif len(baseline_rows) < 2:
+                    baseline_rows.append(f"{row} | |")
             print(f"{run} {mask}: done in {seconds:.0f} s", flush=True)
         rows += baseline_rows
-    markdown = "\n".join(rows)
-    print(markdown)
-    Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "table.md").write_text(markdown + "\n")
-    (Path(args.out) / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_results(args.out, "\n".join(rows), results)
 
 
 if __name__ == "__main__":

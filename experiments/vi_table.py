@@ -13,12 +13,12 @@ runs with and without annealing for the models named there, on U3 and U4.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
+from tables import write_results
 
 from flowforge import io, plots, runs, targets
 
@@ -98,12 +98,8 @@ def main() -> None:
         futures = [pool.submit(one_run, t, label, o, args.out, threads) for t, label, o in jobs]
         results = [f.result() for f in futures]
     labels = list(dict.fromkeys(r["label"] for r in results))
-    markdown = table(results, labels)
-    print(markdown)
-    out = Path(args.out)
-    (out / "table.md").write_text(markdown + "\n")
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(grid(out))
+    write_results(args.out, table(results, labels), results)
+    print(grid(Path(args.out)))
 
 
 if __name__ == "__main__":

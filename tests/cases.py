@@ -117,6 +117,17 @@ CASES = [
     Case("channel-first", lambda d: T.ChannelAffineCoupling(d, True, **CONV), **IMAGE, min_dim=2),
     Case("channel-last", lambda d: T.ChannelAffineCoupling(d, False, **CONV), **IMAGE, min_dim=2),
     Case(
+        "channel-bounded-shift",
+        lambda d: T.ChannelAffineCoupling(d, shift_bound=0.5, **CONV),
+        **IMAGE,
+        min_dim=2,
+    ),
+    Case(
+        "checkerboard-bounded-shift",
+        lambda d: T.CheckerboardAffineCoupling(d, 1, shift_bound=0.5, **CONV),
+        **IMAGE,
+    ),
+    Case(
         "factor-out",
         lambda d: T.FactorOut(T.ChannelAffineCoupling(d - 1, **CONV), 1),
         event_shape=_image,

@@ -95,6 +95,7 @@ def test_raw_pixel_values_give_a_clear_error():
         (ff.models.realnvp_image, dict(shape=(1, 6, 6), scales=3), "divisible by 4"),
         (ff.models.glow, dict(shape=(28, 28)), r"shape must be \(channels, height, width\)"),
         (ff.models.glow, dict(shape=(1, 8, 8), steps=0), "steps must be an integer >= 1"),
+        (ff.models.glow, dict(shape=(1, 8, 8), shift_bound=0), "shift_bound must be a positive"),
     ],
 )
 def test_bad_image_builder_arguments(builder, kwargs, message):
@@ -164,6 +165,7 @@ def test_cli_fits_a_glow_samples_and_inpaints(tmp_path, capsys):
     assert "PSNR" in capsys.readouterr().out
     report = json.loads((out / "inpainting.json").read_text())
     assert set(report) >= {"flow", "mean image", "Gaussian"}
+    assert 0 <= report["flow"]["map_beats_truth"] <= 1 and len(report["flow"]["log_prob"]) == 3
     inpainted = torch.from_numpy(np.load(out / "inpainted.npy"))
     truth = (ff.datasets.load("digits").test.x[[0, 5, 7]] + 0.5) / 17
     observed = ~ff.inpainting.make_mask("top", (1, 8, 8)).expand_as(truth)
@@ -174,3 +176,29 @@ def test_cli_fits_a_glow_samples_and_inpaints(tmp_path, capsys):
     with pytest.raises(SystemExit):  # argparse: expected KEY=VALUE
         main(["fit", "--model-arg", "levels", "--out", str(tmp_path / "x")])
     assert "expected KEY=VALUE" in capsys.readouterr().err
+
+
+def test_a_shift_bound_stops_an_outlier_from_being_amplified_layer_after_layer():
+    # A stack of shift-only couplings (log-scales held at zero) with strong random
+    # conditioners: an input far from the data is pushed further by every layer when shifts
+    # are free, and moves by at most T per layer with a bound.
+    x = 50 * torch.randn(2, 4, 4, 4)
+    outputs = {}
+    for bound in (None, 2.0):
+        torch.manual_seed(0)
+        couplings = [
+            ff.transforms.ChannelAffineCoupling(4, i % 2 == 0, 8, 0, shift_bound=bound)
+            for i in range(8)
+        ]
+        for coupling in couplings:
+            last = coupling.conditioner[-1]
+            torch.nn.init.normal_(last.weight, std=1.0)
+            with torch.no_grad():
+                last.weight[:2].zero_()  # the log-scale outputs
+        stack = ff.transforms.Compose(*couplings)
+        z, logdet = stack(x)
+        assert torch.equal(logdet, torch.zeros(2))
+        torch.testing.assert_close(stack.inverse(z)[0], x, atol=1e-3, rtol=1e-4)
+        outputs[bound] = z
+    assert (outputs[None] - x).abs().max() > x.abs().max()  # displaced beyond its own size
+    assert (outputs[2.0] - x).abs().max() <= 8 * 2.0

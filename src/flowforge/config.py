@@ -61,7 +61,7 @@ MODEL_DATA_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
         "batch_size": 64,
         "schedule": "cosine",
         "clip": 50.0,
-        "model_args": {"levels": 2, "steps": 8, "channels": 64},
+        "model_args": {"levels": 2, "steps": 8, "channels": 64, "shift_bound": 5.0},
     },
     ("mnist", "realnvp_image"): {
         "epochs": 10,

@@ -221,6 +221,7 @@ def realnvp_image(
     couplings: int = 3,
     alpha: float = 0.05,
     scale_bound: float = 3.0,
+    shift_bound: float | None = None,
     actnorm: bool = True,
     base: str = "normal",
 ) -> Flow:
@@ -235,13 +236,17 @@ def realnvp_image(
     :class:`ActNorm` after every coupling (the data-initialised stand-in for the paper's
     batch normalisation, which would make samples of a batch depend on each other). The latent
     keeps the data's shape; the standard-normal ``base`` factorises over the scales' parts.
+    ``scale_bound`` and ``shift_bound`` bound each coupling (see
+    :class:`ChannelAffineCoupling`).
     """
     _check_int("scales", scales, 1)
     _check_int("blocks", blocks, 0)
     _check_int("channels", channels, 1)
     _check_int("couplings", couplings, 1)
     c, _, _ = _check_image_shape(shape, scales - 1, f"{scales} scales")
-    net = dict(hidden_channels=channels, blocks=blocks, scale_bound=scale_bound)
+    net = dict(
+        hidden_channels=channels, blocks=blocks, scale_bound=scale_bound, shift_bound=shift_bound
+    )
 
     def normalised(coupling: Transform, width: int) -> list[Transform]:
         return [coupling, ActNorm(width, event_dims=3)] if actnorm else [coupling]
@@ -272,6 +277,7 @@ def glow(
     blocks: int = 0,
     alpha: float = 0.05,
     scale_bound: float = 3.0,
+    shift_bound: float | None = None,
     learn_prior: bool = True,
     base: str = "normal",
 ) -> Flow:
@@ -287,13 +293,16 @@ def glow(
     written as the affine map :math:`\epsilon = (z_1 - \mu(z_2)) e^{-\log\sigma(z_2)}` into
     the standard-normal base (so temperature scales it too). Defaults are the paper's
     (L = 3, K = 32, 512 channels); the image must be divisible by ``2**levels``.
+    ``scale_bound`` and ``shift_bound`` bound each coupling (see :class:`ChannelAffineCoupling`).
     """
     _check_int("levels", levels, 1)
     _check_int("steps", steps, 1)
     _check_int("channels", channels, 1)
     _check_int("blocks", blocks, 0)
     c, _, _ = _check_image_shape(shape, levels, f"{levels} levels")
-    net = dict(hidden_channels=channels, blocks=blocks, scale_bound=scale_bound)
+    net = dict(
+        hidden_channels=channels, blocks=blocks, scale_bound=scale_bound, shift_bound=shift_bound
+    )
 
     def level(width: int, index: int) -> Transform:
         width *= 4

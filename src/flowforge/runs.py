@@ -388,7 +388,14 @@ def inpaint_run(
     for name, filled in fills.items():
         scores = psnr(filled, truth, missing)
         report[name] = {"psnr": scores.mean().item(), "psnr_per_image": scores.tolist()}
-    report["flow"]["log_prob"] = result.log_prob.reshape(-1).tolist()
+    # Did the optimiser do its job? The MAP fill should be at least as likely as the truth.
+    with torch.no_grad():
+        flow.eval()
+        truth_log_prob = flow.log_prob(truth.to(flow.dtype).reshape(-1, *flow.event_shape))
+    map_log_prob = result.log_prob.reshape(-1).to(truth_log_prob)
+    report["flow"]["log_prob"] = map_log_prob.tolist()
+    report["flow"]["truth_log_prob"] = truth_log_prob.tolist()
+    report["flow"]["map_beats_truth"] = (map_log_prob >= truth_log_prob).float().mean().item()
     out.mkdir(parents=True, exist_ok=True)
     np.save(out / "inpainted.npy", result.image.cpu().numpy())
     (out / "inpainting.json").write_text(json.dumps(report, indent=2) + "\n")

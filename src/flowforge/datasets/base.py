@@ -107,3 +107,18 @@ def split_three(
     x = x[order]
     parts = x[:n_train], x[n_train : n_train + n_val], x[n_train + n_val :]
     return tuple(Split(part.contiguous(), levels=levels) for part in parts)
+
+
+def pixel_dataset(
+    name: str, train: Tensor, val: Tensor, test: Tensor, n: int | None = None, seed: int = 0
+) -> Dataset:
+    """A dataset of 8-bit images from uint8 tensors ``(N, C, H, W)``: float32 pixel values,
+    ``levels=256``. ``n`` keeps a random subset of ``n`` training images chosen with ``seed``
+    (in their original order); without ``n`` the seed is unused."""
+    if n is not None:
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(train):
+            raise ValueError(f"n must be an integer in [1, {len(train)}], got {n!r}")
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+        train = train[order[:n].sort().values]
+    splits = (Split(part.to(torch.float32), levels=256) for part in (train, val, test))
+    return Dataset(name, *splits)

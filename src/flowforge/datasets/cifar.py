@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import Dataset, Split
+from .base import Dataset, pixel_dataset
 
 try:  # numpy >= 2
     from numpy._core import multiarray as _multiarray
@@ -337,12 +337,5 @@ def cifar10(
     arrays = read_cifar10(data_dir, download)
     images = torch.from_numpy(arrays["train_images"])
     n_train = len(images) - len(images) // 10
-    train, val = images[:n_train], images[n_train:]
-    if n is not None:
-        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(train):
-            raise ValueError(f"n must be an integer in [1, {len(train)}], got {n!r}")
-        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
-        train = train[order[:n].sort().values]
     test = torch.from_numpy(arrays["test_images"])
-    splits = (Split(part.to(torch.float32), levels=256) for part in (train, val, test))
-    return Dataset("cifar10", *splits)
+    return pixel_dataset("cifar10", images[:n_train], images[n_train:], test, n, seed)

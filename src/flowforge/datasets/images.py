@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .base import Dataset, Split, split_three
+from .base import Dataset, pixel_dataset, split_three
 
 MNIST_FILES: dict[str, str] = {
     "train_images": "train-images-idx3-ubyte",
@@ -228,15 +228,8 @@ def mnist(
     """
     arrays = read_mnist(data_dir, download)
     images = torch.from_numpy(arrays["train_images"]).unsqueeze(1)
-    train, val = images[:50_000], images[50_000:]
-    if n is not None:
-        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(train):
-            raise ValueError(f"n must be an integer in [1, {len(train)}], got {n!r}")
-        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
-        train = train[order[:n].sort().values]
     test = torch.from_numpy(arrays["test_images"]).unsqueeze(1)
-    splits = (Split(part.to(torch.float32), levels=256) for part in (train, val, test))
-    return Dataset("mnist", *splits)
+    return pixel_dataset("mnist", images[:50_000], images[50_000:], test, n, seed)
 
 
 # ---------------------------------------------------------------------------- digits

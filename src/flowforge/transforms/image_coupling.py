@@ -28,9 +28,11 @@ def checkerboard(height: int, width: int, parity: int = 0, device=None) -> Tenso
     return ((i + j) % 2 == parity).unsqueeze(0)
 
 
-def _check_scale_bound(scale_bound: float) -> None:
-    if not scale_bound > 0 or math.isinf(scale_bound):
-        raise ValueError(f"scale_bound must be a positive finite number, got {scale_bound}")
+def _check_bound(name: str, bound: float | None) -> None:
+    if name == "shift_bound" and bound is None:
+        return
+    if not isinstance(bound, int | float) or not bound > 0 or math.isinf(bound):
+        raise ValueError(f"{name} must be a positive finite number, got {bound!r}")
 
 
 class CheckerboardAffineCoupling(Transform):
@@ -46,6 +48,8 @@ class CheckerboardAffineCoupling(Transform):
         parity: 0 or 1, which colour of the checkerboard is kept.
         hidden_channels, blocks, activation: of the :class:`~flowforge.nn.ConvResNet`.
         scale_bound: ``B``, the largest log-scale one layer applies.
+        shift_bound: if given, ``t`` is soft-clamped to ``(-T, T)`` as well (see
+            :class:`ChannelAffineCoupling`).
 
     Shapes: ``(batch, C, H, W) -> (batch, C, H, W)``.
     """
@@ -58,18 +62,23 @@ class CheckerboardAffineCoupling(Transform):
         blocks: int = 1,
         activation: str | Callable[[], nn.Module] = "relu",
         scale_bound: float = 3.0,
+        shift_bound: float | None = None,
     ) -> None:
         super().__init__()
         if parity not in (0, 1):
             raise ValueError(f"parity must be 0 or 1, got {parity!r}")
-        _check_scale_bound(scale_bound)
+        _check_bound("scale_bound", scale_bound)
+        _check_bound("shift_bound", shift_bound)
         self.parity = parity
         self.scale_bound = scale_bound
+        self.shift_bound = shift_bound
         self.conditioner = ConvResNet(channels, 2 * channels, hidden_channels, blocks, activation)
 
     def _scale_shift(self, x: Tensor) -> tuple[Tensor, Tensor]:
         kept = checkerboard(x.shape[2], x.shape[3], self.parity, x.device)
         raw_scale, shift = self.conditioner(x * kept).chunk(2, dim=1)
+        if self.shift_bound is not None:
+            shift = soft_clamp(shift, self.shift_bound)
         return soft_clamp(raw_scale, self.scale_bound) * ~kept, shift * ~kept
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -81,7 +90,9 @@ class CheckerboardAffineCoupling(Transform):
         return (z - shift) * torch.exp(-log_scale), -log_scale.flatten(1).sum(-1)
 
     def extra_repr(self) -> str:
-        return f"parity={self.parity}, scale_bound={self.scale_bound}"
+        return (
+            f"parity={self.parity}, scale_bound={self.scale_bound}, shift_bound={self.shift_bound}"
+        )
 
 
 class ChannelAffineCoupling(Transform):
@@ -96,6 +107,11 @@ class ChannelAffineCoupling(Transform):
         keep_first: which half is kept.
         hidden_channels, blocks, activation: of the default :class:`~flowforge.nn.ConvResNet`.
         scale_bound: ``B``, the largest log-scale one layer applies.
+        shift_bound: if given, ``T``: the shift is soft-clamped too, :math:`t = T\tanh(\hat t/T)`
+            (no effect on the log-determinant). A ReLU conditioner's shift grows in proportion
+            to its input, so in a deep stack an unusual input can be amplified layer after
+            layer into an astronomically small density; a bound turns that growth from
+            multiplicative into at most ``T`` per layer.
         conditioner: a network to use instead, ``(batch, |A|, H, W) -> (batch, 2|B|, H, W)``.
 
     Shapes: ``(batch, C, H, W) -> (batch, C, H, W)``.
@@ -109,15 +125,18 @@ class ChannelAffineCoupling(Transform):
         blocks: int = 1,
         activation: str | Callable[[], nn.Module] = "relu",
         scale_bound: float = 3.0,
+        shift_bound: float | None = None,
         conditioner: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if channels < 2:
             raise ValueError(f"a channel coupling needs at least 2 channels, got {channels}")
-        _check_scale_bound(scale_bound)
+        _check_bound("scale_bound", scale_bound)
+        _check_bound("shift_bound", shift_bound)
         self.kept = channels // 2 if keep_first else channels - channels // 2
         self.keep_first = keep_first
         self.scale_bound = scale_bound
+        self.shift_bound = shift_bound
         changed = channels - self.kept
         if conditioner is None:
             conditioner = ConvResNet(self.kept, 2 * changed, hidden_channels, blocks, activation)
@@ -133,6 +152,8 @@ class ChannelAffineCoupling(Transform):
 
     def _scale_shift(self, kept: Tensor) -> tuple[Tensor, Tensor]:
         raw_scale, shift = self.conditioner(kept).chunk(2, dim=1)
+        if self.shift_bound is not None:
+            shift = soft_clamp(shift, self.shift_bound)
         return soft_clamp(raw_scale, self.scale_bound), shift
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -148,4 +169,7 @@ class ChannelAffineCoupling(Transform):
         return self._merge(z_a, x_b), -log_scale.flatten(1).sum(-1)
 
     def extra_repr(self) -> str:
-        return f"kept={self.kept}, keep_first={self.keep_first}, scale_bound={self.scale_bound}"
+        return (
+            f"kept={self.kept}, keep_first={self.keep_first}, scale_bound={self.scale_bound}, "
+            f"shift_bound={self.shift_bound}"
+        )
