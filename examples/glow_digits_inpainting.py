@@ -18,7 +18,7 @@ plots.plot_interpolation(flow, images[0::2], images[1::2], "runs/example-glow/in
 
 truth = (data.test.x[:8] + 0.5) / 17  # observed pixels at the centre of their bins
 missing = make_mask("top", (1, 8, 8)).expand_as(truth)  # True = missing
-result = ff.inpaint(flow, truth, missing, restarts=8, steps=300)  # MAP under the flow
+result = ff.inpaint(flow, truth, missing, restarts=8, steps=1000)  # MAP under the flow
 baseline = gaussian_fill(data.train, truth, missing, bounds=(0.0, 1.0))
 print(
     f"PSNR flow {psnr(result.image, truth, missing).mean():.2f} dB, "

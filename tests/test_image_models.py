@@ -137,7 +137,7 @@ def test_image_models_take_data_defaults_and_model_args():
     from flowforge import runs
 
     config = runs.make_config(None, {"data": "mnist", "model": "glow"})
-    assert config["model_args"] == {"levels": 2, "steps": 8, "channels": 64}
+    assert config["model_args"] == {"levels": 2, "steps": 8, "channels": 64, "shift_bound": 5.0}
     assert config["batch_size"] == 64
     nice = runs.make_config(None, {"data": "mnist", "model": "nice"})
     assert nice["batch_size"] == 256 and nice["model_args"] == {}

@@ -353,8 +353,8 @@ def inpaint_run(
     out: str | Path,
     *,
     restarts: int = 8,
-    steps: int = 300,
-    lr: float = 0.05,
+    steps: int = 1000,
+    lr: float = 0.1,
     seed: int = 0,
     baselines: bool = True,
 ) -> dict[str, Any]:
