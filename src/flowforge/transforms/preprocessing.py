@@ -42,11 +42,13 @@ class Logit(Transform):
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         s = self.alpha + (1 - 2 * self.alpha) * x
-        if not torch.compiler.is_compiling() and (s.min() < 0 or s.max() > 1):
-            raise ValueError(
-                f"Logit expects values in [0, 1] (dequantised pixels (k + u) / levels), got "
-                f"values in [{x.min().item():.4g}, {x.max().item():.4g}]"
-            )
+        if not torch.compiler.is_compiling():
+            low, high = torch.aminmax(s)
+            if low < 0 or high > 1:
+                raise ValueError(
+                    f"Logit expects values in [0, 1] (dequantised pixels (k + u) / levels), got "
+                    f"values in [{x.min().item():.4g}, {x.max().item():.4g}]"
+                )
         log_s, log_1ms = torch.log(s), torch.log1p(-s)
         logdet = math.log1p(-2 * self.alpha) - log_s - log_1ms
         return log_s - log_1ms, logdet.flatten(1).sum(-1)
