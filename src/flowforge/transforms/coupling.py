@@ -28,6 +28,15 @@ def soft_clamp(x: Tensor, bound: float) -> Tensor:
     return bound * torch.tanh(x / bound)
 
 
+def check_bound(name: str, bound: float | None, optional: bool = False) -> None:
+    """Raise a one-line ValueError unless ``bound`` is a positive finite number (or, if
+    ``optional``, None)."""
+    if optional and bound is None:
+        return
+    if isinstance(bound, bool) or not isinstance(bound, int | float) or not 0 < bound < math.inf:
+        raise ValueError(f"{name} must be a positive finite number, got {bound!r}")
+
+
 def with_context(h: Tensor, context: Tensor | None, context_dim: int) -> Tensor:
     """The conditioner input: ``h`` with the context appended when the layer is conditional."""
     if not context_dim:
@@ -132,8 +141,7 @@ class AffineCoupling(Coupling):
     params_per_feature = 2
 
     def __init__(self, mask: Tensor | Sequence[bool], *, scale_bound: float = 3.0, **kwargs):
-        if not scale_bound > 0 or math.isinf(scale_bound):
-            raise ValueError(f"scale_bound must be a positive finite number, got {scale_bound}")
+        check_bound("scale_bound", scale_bound)
         super().__init__(mask, **kwargs)
         self.scale_bound = scale_bound
 

@@ -10,7 +10,6 @@ channels split in halves. Both use the bounded log-scale of
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
@@ -18,7 +17,7 @@ from torch import Tensor, nn
 
 from ..nn import ConvResNet
 from .base import Transform
-from .coupling import soft_clamp
+from .coupling import check_bound, soft_clamp
 
 
 def checkerboard(height: int, width: int, parity: int = 0, device=None) -> Tensor:
@@ -26,13 +25,6 @@ def checkerboard(height: int, width: int, parity: int = 0, device=None) -> Tenso
     i = torch.arange(height, device=device).view(-1, 1)
     j = torch.arange(width, device=device).view(1, -1)
     return ((i + j) % 2 == parity).unsqueeze(0)
-
-
-def _check_bound(name: str, bound: float | None) -> None:
-    if name == "shift_bound" and bound is None:
-        return
-    if not isinstance(bound, int | float) or not bound > 0 or math.isinf(bound):
-        raise ValueError(f"{name} must be a positive finite number, got {bound!r}")
 
 
 class CheckerboardAffineCoupling(Transform):
@@ -67,8 +59,8 @@ class CheckerboardAffineCoupling(Transform):
         super().__init__()
         if parity not in (0, 1):
             raise ValueError(f"parity must be 0 or 1, got {parity!r}")
-        _check_bound("scale_bound", scale_bound)
-        _check_bound("shift_bound", shift_bound)
+        check_bound("scale_bound", scale_bound)
+        check_bound("shift_bound", shift_bound, optional=True)
         self.parity = parity
         self.scale_bound = scale_bound
         self.shift_bound = shift_bound
@@ -131,8 +123,8 @@ class ChannelAffineCoupling(Transform):
         super().__init__()
         if channels < 2:
             raise ValueError(f"a channel coupling needs at least 2 channels, got {channels}")
-        _check_bound("scale_bound", scale_bound)
-        _check_bound("shift_bound", shift_bound)
+        check_bound("scale_bound", scale_bound)
+        check_bound("shift_bound", shift_bound, optional=True)
         self.kept = channels // 2 if keep_first else channels - channels // 2
         self.keep_first = keep_first
         self.scale_bound = scale_bound
