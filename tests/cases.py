@@ -56,6 +56,10 @@ def _random_permutation(dim: int) -> T.RandomPermutation:
 
 
 SMALL = (16, 16)
+SPLINE = dict(hidden=SMALL, bins=5, tail_bound=2.0)
+# Splines get half the perturbation: strong noise makes bins with slopes near 1e-6, where the
+# float64 round trip loses eps / slope (a property of the map, not of the code).
+SPLINE_DAMPING = 0.5
 
 
 def _image(channels: int) -> tuple[int, int, int]:
@@ -128,6 +132,19 @@ CASES = [
         **IMAGE,
     ),
     Case(
+        "checkerboard-conditional",
+        lambda d: T.CheckerboardAffineCoupling(d, 0, context_dim=2, **CONV),
+        **IMAGE,
+        context_dim=2,
+    ),
+    Case(
+        "channel-conditional",
+        lambda d: T.ChannelAffineCoupling(d, False, context_dim=3, **CONV),
+        **IMAGE,
+        min_dim=2,
+        context_dim=3,
+    ),
+    Case(
         "factor-out",
         lambda d: T.FactorOut(T.ChannelAffineCoupling(d - 1, **CONV), 1),
         event_shape=_image,
@@ -150,6 +167,72 @@ CASES = [
         lambda d: models.glow(_image(d), levels=2, steps=1, channels=8).transform[1],
         **IMAGE,
         damping=0.5,
+    ),
+    Case(
+        "glow-conditional",
+        lambda d: models.glow(_image(d), 2, 1, 8, context_dim=2).transform[1],
+        **IMAGE,
+        context_dim=2,
+        damping=0.5,
+    ),
+    Case("maf-layer", lambda d: T.AffineAutoregressive(d, hidden=SMALL)),
+    Case(
+        "maf-layer-random-order-residual",
+        lambda d: T.AffineAutoregressive(d, hidden=SMALL, order="random", residual=True, seed=d),
+    ),
+    Case(
+        "maf-layer-conditional",
+        lambda d: T.AffineAutoregressive(d, hidden=SMALL, context_dim=3, activation="tanh"),
+        context_dim=3,
+    ),
+    Case("iaf-layer", lambda d: T.AffineAutoregressive(d, hidden=SMALL, order="reverse").inv),
+    # Tail bound 2 with inputs of std 1.5: about a fifth of the inputs lie in the tails.
+    Case(
+        "spline-coupling",
+        lambda d: T.SplineCoupling(T.half_mask(d), **SPLINE),
+        2,
+        damping=SPLINE_DAMPING,
+    ),
+    Case(
+        "spline-coupling-conditional",
+        lambda d: T.SplineCoupling(_random_mask(d), context_dim=2, **SPLINE),
+        2,
+        context_dim=2,
+        damping=SPLINE_DAMPING,
+    ),
+    Case(
+        "spline-autoregressive",
+        lambda d: T.SplineAutoregressive(d, **SPLINE),
+        damping=SPLINE_DAMPING,
+    ),
+    Case(
+        "spline-autoregressive-conditional",
+        lambda d: T.SplineAutoregressive(d, order="random", context_dim=2, **SPLINE),
+        context_dim=2,
+        damping=SPLINE_DAMPING,
+    ),
+    Case(
+        "maf-model-conditional",
+        lambda d: models.maf(d, layers=2, hidden=SMALL, context_dim=3, actnorm=True).transform,
+        context_dim=3,
+    ),
+    Case(
+        "iaf-model",
+        lambda d: models.iaf(d, layers=2, hidden=SMALL, permutation="random").transform,
+    ),
+    Case(
+        "nsf-model-conditional",
+        lambda d: (
+            models.nsf(d, layers=2, bins=4, tail_bound=2.0, hidden=SMALL, context_dim=2).transform
+        ),
+        2,
+        context_dim=2,
+        damping=SPLINE_DAMPING,
+    ),
+    Case(
+        "nsf-autoregressive-model",
+        lambda d: models.nsf(d, 2, 4, 2.0, SMALL, autoregressive=True).transform,
+        damping=SPLINE_DAMPING,
     ),
     Case("reverse", lambda d: T.ReversePermutation(), 2),
     Case("permutation", lambda d: T.Permutation(torch.arange(d).roll(1)), 2),

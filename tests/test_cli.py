@@ -38,9 +38,9 @@ def test_demo_prints_every_model(capsys):
         assert round_trip < 1e-3 and gap < 1e-3 * max(1.0, abs(mean_log_p) / 10)
 
 
-def fit_tiny(tmp_path, *extra):
+def fit_tiny(tmp_path, *extra, model="realnvp"):
     out = tmp_path / "run"
-    args = ["fit", "--data", "two-moons", "--model", "realnvp", "--out", str(out)]
+    args = ["fit", "--data", "two-moons", "--model", model, "--out", str(out)]
     args += ["--n", "1500", "--epochs", "2", "--layers", "2", "--hidden", "8,8", "--no-progress"]
     assert main([*args, *extra]) == 0
     return out
@@ -73,6 +73,16 @@ def test_fit_eval_sample_plot_from_the_command_line(tmp_path, capsys):
     flow = flowforge.load(out)
     x = torch.from_numpy(samples)
     assert torch.equal(flow.log_prob(x), flowforge.load(out).log_prob(x))
+
+
+@pytest.mark.parametrize("model", ["maf", "iaf", "nsf"])
+def test_autoregressive_and_spline_models_from_the_command_line(model, tmp_path, capsys):
+    out = fit_tiny(tmp_path, model=model)
+    assert flowforge.load(out).config["model"] == model
+    assert main(["eval", str(out)]) == 0
+    assert model in capsys.readouterr().out
+    assert main(["sample", str(out), "-n", "50", "--out", str(tmp_path / "s.npy")]) == 0
+    assert np.load(tmp_path / "s.npy").shape == (50, 2)
 
 
 def test_config_file_with_flag_overrides(tmp_path):

@@ -14,10 +14,11 @@ from flowforge.diagnostics import diagnose
 from flowforge.variational import annealing, fit_variational
 
 
-def test_vi_recovers_a_correlated_gaussian_and_its_normaliser():
+@pytest.mark.parametrize("model", ["realnvp", "iaf"])
+def test_vi_recovers_a_correlated_gaussian_and_its_normaliser(model):
     target = targets.get("gaussian", dim=3, seed=1)
     torch.manual_seed(0)
-    flow = ff.models.realnvp(dim=3, layers=4, hidden=(16,), base="diag-normal")
+    flow = ff.models.MODELS[model](dim=3, layers=4, hidden=(16,), base="diag-normal")
     history = fit_variational(flow, target, steps=1500, batch_size=500, lr=1e-2, progress=False)
     assert history.records[-1]["elbo"] > history.records[0]["elbo"]
     samples = flow.sample(100_000).double()
@@ -67,9 +68,10 @@ def test_annealing_schedule():
 
 def test_every_model_works_for_vi():
     target = targets.get("gaussian", dim=2, seed=0)
-    for builder in (ff.models.planar, ff.models.radial, ff.models.realnvp, ff.models.nice):
+    m = ff.models
+    for builder in (m.planar, m.radial, m.realnvp, m.nice, m.maf, m.iaf, m.nsf):
         torch.manual_seed(0)
-        kwargs = {"hidden": (8,)} if builder in (ff.models.realnvp, ff.models.nice) else {}
+        kwargs = {} if builder in (m.planar, m.radial) else {"hidden": (8,)}
         flow = builder(dim=2, layers=2, base="diag-normal", **kwargs)
         history = fit_variational(flow, target, steps=200, batch_size=64, progress=False)
         assert history.records[-1]["elbo"] > history.records[0]["elbo"] - 0.5
@@ -110,3 +112,12 @@ def test_vi_bad_target_gives_one_line(tmp_path, capsys):
     assert code == 2 and "config value 'target' must be one of" in capsys.readouterr().err
     code = main(["vi", "--target", "nomodule:f", "--out", str(tmp_path / "r"), "--dim", "2"])
     assert code == 2 and "cannot import module 'nomodule'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("model", ["iaf", "nsf", "maf"])
+def test_vi_with_autoregressive_and_spline_flows_from_the_command_line(model, tmp_path, capsys):
+    args = ["vi", "--target", "u1", "--model", model, "--layers", "2", "--hidden", "8"]
+    assert main([*args, "--steps", "50", "--out", str(tmp_path), "--no-progress"]) == 0
+    assert ff.load(tmp_path).config["model"] == model
+    assert main(["diagnose", str(tmp_path), "-n", "2000"]) == 0
+    assert "KL" in capsys.readouterr().out

@@ -8,9 +8,21 @@ torch.Size([512])
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import baselines, datasets, distributions, inpainting, models, nn, targets, transforms
+from . import (
+    baselines,
+    calibration,
+    datasets,
+    distributions,
+    inpainting,
+    made,
+    models,
+    nn,
+    simulators,
+    targets,
+    transforms,
+)
 from .diagnostics import Diagnostics, diagnose
-from .distributions import DiagNormal, StandardLogistic, StandardNormal
+from .distributions import ConditionalDiagNormal, DiagNormal, StandardLogistic, StandardNormal
 from .flow import Flow
 from .inpainting import inpaint
 from .io import load, save
@@ -23,6 +35,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
 __all__ = [
+    "ConditionalDiagNormal",
     "DiagNormal",
     "Diagnostics",
     "Flow",
@@ -33,6 +46,7 @@ __all__ = [
     "VariationalHistory",
     "__version__",
     "baselines",
+    "calibration",
     "datasets",
     "diagnose",
     "distributions",
@@ -42,9 +56,11 @@ __all__ = [
     "inpaint",
     "inpainting",
     "load",
+    "made",
     "models",
     "nn",
     "save",
+    "simulators",
     "targets",
     "transforms",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import signal
 import sys
 import time
@@ -15,6 +16,7 @@ import torch
 import yaml
 
 from . import __version__, models
+from .made import MADE
 from .nn import MLP, ConvResNet
 
 
@@ -32,6 +34,9 @@ def demo(seed: int = 0) -> None:
         "radial": dict(dim=2, layers=32),
         "realnvp_image": dict(shape=(1, 28, 28), scales=3, blocks=1, channels=32),
         "glow": dict(shape=(1, 28, 28), levels=2, steps=4, channels=32),
+        "maf": dict(dim=8, layers=5, hidden=(64, 64)),
+        "iaf": dict(dim=8, layers=5, hidden=(64, 64)),
+        "nsf": dict(dim=8, layers=4, bins=8, hidden=(64, 64)),
     }
     print(
         f"flowforge {__version__}, torch {torch.__version__}, random untrained weights, seed {seed}"
@@ -41,12 +46,16 @@ def demo(seed: int = 0) -> None:
         f"{'sample mean':>12} {'sample std':>11} {'round trip':>11} {'|log q - log p|':>16} "
         f"{'time':>7}"
     )
-    for name, kwargs in specs.items():
+    for name, builder in models.MODELS.items():
+        # a model without its own entry: its builder's defaults on 2-D points (or 8x8 images)
+        image = "shape" in inspect.signature(builder).parameters
+        kwargs = specs.get(name, {"shape": (1, 8, 8)} if image else {"dim": 2})
         start = time.perf_counter()
         flow = models.MODELS[name](**kwargs)
         for module in flow.modules():
-            if isinstance(module, MLP | ConvResNet):
-                torch.nn.init.normal_(module[-1].weight, std=0.05 if name != "glow" else 0.01)
+            if isinstance(module, MLP | ConvResNet | MADE):
+                last = module.output if isinstance(module, MADE) else module[-1]
+                torch.nn.init.normal_(last.weight, std=0.05 if name != "glow" else 0.01)
         shape = tuple(flow.event_shape)
         # Image models take pixels in [0, 1]; vector models any real vector.
         x = torch.rand(64, *shape) if len(shape) == 3 else torch.randn(256, *shape)
@@ -121,10 +130,21 @@ def _add_fit(commands) -> None:
         defaults="DEFAULTS",
     )
     fit.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
-    options.add_argument("--data", help="dataset name (flowforge list)")
+    options.add_argument(
+        "--data",
+        help="dataset name (flowforge list), or a .npz (arrays x and optional context), .npy "
+        "or .csv file of tabular data",
+    )
     options.add_argument("--data-dir", help="directory of data files (MNIST, CIFAR-10)")
     options.add_argument(
-        "--n", type=int, help="toy samples in all splits; MNIST/CIFAR-10 training limit"
+        "--context-columns",
+        help="columns of a .csv/.npy data file that are the context (indices or header names, "
+        "e.g. 0,1): fits a conditional flow q(x|c) to the other columns",
+    )
+    options.add_argument(
+        "--n",
+        type=int,
+        help="toy samples in all splits; MNIST/CIFAR-10 training limit; rows of a data file",
     )
     options.add_argument("--epochs", type=int)
     options.add_argument("--weight-decay", type=float)
@@ -176,6 +196,16 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--out", required=True, help="output .npy file")
     sample.add_argument("--temperature", type=float, default=1.0)
     sample.add_argument("--seed", type=int, default=None)
+    given = sample.add_mutually_exclusive_group()
+    given.add_argument(
+        "--context",
+        help="for a conditional run: one context, comma-separated (--context=-1,0.5 for a "
+        "leading minus); samples (n, D)",
+    )
+    given.add_argument(
+        "--context-file",
+        help="for a conditional run: a .npy or .csv file of m contexts (m, k); samples (m, n, D)",
+    )
     plot = commands.add_parser("plot", help="(re)draw a run's figures into RUN/plots")
     plot.add_argument("run", help="run directory")
     plot.add_argument("--temperature", type=float, default=1.0, help="for image samples")
@@ -213,6 +243,10 @@ def _list() -> None:
     print("datasets:")
     for name, description in datasets.DATASETS.items():
         print(f"  {name:<14} {description}")
+    print(
+        f"  {'FILE':<14} your own data: FILE.npz (arrays x (N, D), optional context (N, k)), "
+        "FILE.npy (N, D) or FILE.csv (--context-columns); split 80/10/10"
+    )
     from . import targets
 
     print("targets (flowforge vi):")
@@ -281,13 +315,24 @@ def _run(args: argparse.Namespace) -> None:
     elif args.command == "eval":
         print(runs.format_evaluation(runs.evaluate_run(args.run, args.split)))
     elif args.command == "sample":
-        samples = runs.sample_run(args.run, args.n, args.temperature, args.seed)
+        context = None
+        if args.context is not None:
+            context = runs.parse_context(args.context)
+        elif args.context_file is not None:
+            context = runs.read_context_file(args.context_file)
+        samples = runs.sample_run(args.run, args.n, args.temperature, args.seed, context)
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         np.save(out, samples)
-        print(f"wrote {samples.shape[0]} samples of shape {samples.shape[1:]} to {out}")
+        if context is not None and np.ndim(context) == 2:
+            print(
+                f"wrote {args.n} samples for each of {samples.shape[0]} contexts, "
+                f"array of shape {samples.shape}, to {out}"
+            )
+        else:
+            print(f"wrote {samples.shape[0]} samples of shape {samples.shape[1:]} to {out}")
     elif args.command == "plot":
-        for path in runs.plot_run(args.run, temperature=args.temperature):
+        for path in runs.plot_run(args.run, temperature=args.temperature, log=print):
             print(path)
     elif args.command == "inpaint":
         report = runs.inpaint_run(

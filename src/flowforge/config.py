@@ -14,10 +14,12 @@ from typing import Any
 import yaml
 
 DEFAULTS: dict[str, Any] = {
-    "data": "two-moons",
+    "data": "two-moons",  # a dataset name, or a .npz / .npy / .csv file (flowforge.datasets)
     "model": "realnvp",
-    "n": None,  # samples for the toys (None: 20,000); a limit on training images for MNIST
+    "n": None,  # samples for the toys (None: 20,000); a limit on training images for MNIST;
+    # for a data file, a random subset of n rows
     "data_dir": None,
+    "context_columns": None,  # columns of a data file that are the context, e.g. "0,1"
     "seed": 0,
     "epochs": 100,
     "batch_size": 256,
@@ -48,6 +50,17 @@ DATA_DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "mnist": {"epochs": 1500, "batch_size": 256, "schedule": None, "patience": None},
     "cifar10": {"epochs": 100, "batch_size": 64, "clip": 50.0},
+    # Data files (.npz / .npy / .csv): tabular data of a few to a few dozen columns, often
+    # with features of different scales (ActNorm, where the model takes it, standardises
+    # them) and of modest size (early stopping after 20 epochs without a better validation
+    # NLL guards against overfitting; the best epoch's weights are kept).
+    "tabular": {
+        "epochs": 200,
+        "layers": 8,
+        "hidden": [128, 128],
+        "patience": 20,
+        "model_args": {"actnorm": True},
+    },
 }
 
 # Defaults for one model on one kind of data, applied after DATA_DEFAULTS. The image flows'
@@ -115,15 +128,31 @@ def _number(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def _columns(value: Any) -> bool:
+    """A column spec: ``"0,1"``, ``"age,height"``, an index, or a non-empty list of them."""
+    if isinstance(value, str):
+        return bool(value.strip())
+    if isinstance(value, list):
+        return bool(value) and all(not isinstance(v, list) and _columns(v) for v in value)
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
     return lambda value: value is None or check(value)
 
 
 CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "data": (lambda v: isinstance(v, str), "a dataset name (see flowforge list)"),
+    "data": (
+        lambda v: isinstance(v, str),
+        "a dataset name (see flowforge list) or a .npz, .npy or .csv file",
+    ),
     "model": (lambda v: isinstance(v, str), "a model name (see flowforge list)"),
     "n": (_optional(_positive_int), "a positive integer or null"),
     "data_dir": (_optional(lambda v: isinstance(v, str)), "a directory path or null"),
+    "context_columns": (
+        _optional(_columns),
+        'column indices or header names such as "0,1" or [0, 1], or null',
+    ),
     "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
     "epochs": (_positive_int, "a positive integer"),
     "batch_size": (_positive_int, "a positive integer"),

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .nn import MLP
+
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 
@@ -52,6 +54,11 @@ class BaseDistribution(nn.Module, ABC):
         """``n`` reparameterised samples and their log-density: ``(n, *event), (n,)``."""
         z = self.rsample(n, context)
         return z, self.log_prob(z, context)
+
+    def location(self, context: Tensor | None = None) -> Tensor:
+        """The centre that temperature scales about: ``loc``, or ``(batch, *event_shape)``
+        for a base whose location depends on the context."""
+        return self.loc
 
     def forward(self, z: Tensor, context: Tensor | None = None) -> Tensor:
         return self.log_prob(z, context)
@@ -125,18 +132,88 @@ class DiagNormal(BaseDistribution):
         return self.loc + self.log_scale.exp() * eps, self._log_prob_of_noise(eps)
 
 
+class ConditionalDiagNormal(BaseDistribution):
+    r"""A diagonal Gaussian whose mean and log-scale a network computes from the context.
+
+    .. math:: (\mu, \ell) = g(c),\quad z = \mu + e^{\ell} \odot \epsilon,\qquad
+              \log q(z \mid c) = \textstyle\sum_i -\tfrac12 \epsilon_i^2 - \ell_i
+              - \tfrac12\log 2\pi
+
+    ``g`` is an :class:`~flowforge.nn.MLP` whose last layer starts at zero, so the base starts
+    as :math:`\mathcal N(0, I)` for every context. A conditional flow with this base is exact
+    for a Gaussian :math:`p(x \mid c)` with diagonal covariance even before its transform
+    learns anything. ``loc`` (zeros) only carries the dtype and device.
+
+    Shapes: ``z`` ``(batch, *event_shape)``, context ``(batch, context_dim)``.
+    """
+
+    def __init__(
+        self,
+        event_shape: int | Sequence[int],
+        context_dim: int,
+        hidden: Sequence[int] = (64,),
+        activation: str = "relu",
+    ) -> None:
+        if isinstance(context_dim, bool) or not isinstance(context_dim, int) or context_dim < 1:
+            raise ValueError(
+                f"a conditional base needs a context width context_dim >= 1, got {context_dim!r}"
+            )
+        super().__init__(event_shape)
+        self.context_dim = context_dim
+        self.register_buffer("loc", torch.zeros(self.event_shape), persistent=False)
+        size = self.loc.numel()
+        self.net = MLP(context_dim, 2 * size, hidden, activation)
+
+    def _loc_log_scale(self, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        if context is None or context.shape[-1:] != (self.context_dim,):
+            got = "none" if context is None else tuple(context.shape)
+            raise ValueError(
+                f"this base is conditional: expected context of shape (batch, "
+                f"{self.context_dim}), got {got}"
+            )
+        loc, log_scale = self.net(context).chunk(2, dim=-1)
+        shape = (context.shape[0], *self.event_shape)
+        return loc.reshape(shape), log_scale.reshape(shape)
+
+    def location(self, context: Tensor | None = None) -> Tensor:
+        return self._loc_log_scale(context)[0]
+
+    def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        loc, log_scale = self._loc_log_scale(context)
+        eps = (z - loc) * torch.exp(-log_scale)
+        return sum_event(-0.5 * eps * eps - log_scale - LOG_SQRT_2PI, len(self.event_shape))
+
+    def rsample(self, n: int, context: Tensor | None = None) -> Tensor:
+        return self.sample_and_log_prob(n, context)[0]
+
+    def sample_and_log_prob(self, n: int, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``n`` samples, one per context row (``context`` is ``(n, context_dim)``)."""
+        loc, log_scale = self._loc_log_scale(context)
+        eps = self._randn(n)
+        log_q = sum_event(-0.5 * eps * eps - log_scale - LOG_SQRT_2PI, len(self.event_shape))
+        return loc + log_scale.exp() * eps, log_q
+
+    def extra_repr(self) -> str:
+        return f"event_shape={tuple(self.event_shape)}, context_dim={self.context_dim}"
+
+
 BASES: dict[str, type[BaseDistribution]] = {
     "normal": StandardNormal,
     "logistic": StandardLogistic,
     "diag-normal": DiagNormal,
+    "conditional-normal": ConditionalDiagNormal,
 }
 
 
-def make_base(name: str | BaseDistribution, event_shape: int | Sequence[int]) -> BaseDistribution:
-    """A base distribution from its name (``"normal"``, ``"logistic"``, ``"diag-normal"``)."""
+def make_base(
+    name: str | BaseDistribution, event_shape: int | Sequence[int], context_dim: int = 0
+) -> BaseDistribution:
+    """A base distribution from its name (``"normal"``, ``"logistic"``, ``"diag-normal"``,
+    ``"conditional-normal"``, which needs ``context_dim``)."""
     if isinstance(name, BaseDistribution):
         return name
-    try:
-        return BASES[name](event_shape)
-    except KeyError:
-        raise ValueError(f"unknown base {name!r}; expected one of {sorted(BASES)}") from None
+    if name not in BASES:
+        raise ValueError(f"unknown base {name!r}; expected one of {sorted(BASES)}")
+    if name == "conditional-normal":
+        return ConditionalDiagNormal(event_shape, context_dim)
+    return BASES[name](event_shape)

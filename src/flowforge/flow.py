@@ -42,7 +42,11 @@ class Flow(nn.Module, Distribution):
     has_rsample = True
 
     def __init__(
-        self, transform: Transform, base: BaseDistribution, validate_args: bool = True
+        self,
+        transform: Transform,
+        base: BaseDistribution,
+        embedding: nn.Module | None = None,
+        validate_args: bool = True,
     ) -> None:
         nn.Module.__init__(self)
         Distribution.__init__(
@@ -50,6 +54,7 @@ class Flow(nn.Module, Distribution):
         )
         self.transform = transform
         self.base = base
+        self.embedding = embedding
         self.validate_args = validate_args
         self.config: dict | None = None
 
@@ -68,7 +73,13 @@ class Flow(nn.Module, Distribution):
         batch_shape = x.shape[: x.dim() - len(self.event_shape)]
         x = x.reshape(-1, *self.event_shape)
         if context is not None:
-            context = context.reshape(x.shape[0], -1)
+            if context.dim() != len(batch_shape) + 1 or context.shape[:-1] != batch_shape:
+                rows = ", ".join(map(str, batch_shape))
+                raise ValueError(
+                    f"context must have one row per sample, shape ({rows}, k), "
+                    f"got {tuple(context.shape)}"
+                )
+            context = self._embed(context.reshape(x.shape[0], -1))
         z, logdet = self.transform(x, context)
         return (self.base.log_prob(z, context) + logdet).reshape(batch_shape)
 
@@ -117,7 +128,8 @@ class Flow(nn.Module, Distribution):
         with torch.no_grad():
             z = self.base.rsample(n, context)
             if temperature != 1.0:
-                z = self.base.loc + temperature * (z - self.base.loc)
+                loc = self.base.location(context)
+                z = loc + temperature * (z - loc)
             x, _ = self.transform.inverse(z, context)
         return x.reshape(*shape, *self.event_shape)
 
@@ -129,7 +141,14 @@ class Flow(nn.Module, Distribution):
         n = math.prod(shape)
         if context is None:
             return shape, n, None
-        return (context.shape[0], *shape), n * context.shape[0], context.repeat_interleave(n, 0)
+        if context.dim() != 2:
+            raise ValueError(f"context must have shape (m, k), got {tuple(context.shape)}")
+        m = context.shape[0]
+        return (m, *shape), n * m, self._embed(context).repeat_interleave(n, 0)
+
+    def _embed(self, context: Tensor) -> Tensor:
+        """The context as the transform and base see it: ``embedding(context)`` if any."""
+        return context if self.embedding is None else self.embedding(context)
 
     def _check(self, x: Tensor, name: str) -> None:
         """Raise a one-line error unless ``x`` is a ``(*batch, *event_shape)`` tensor of the

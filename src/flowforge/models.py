@@ -15,10 +15,11 @@ from torch import nn
 
 from .distributions import make_base
 from .flow import Flow
-from .nn import zero_conv
+from .nn import MLP, zero_conv
 from .transforms import (
     ActNorm,
     AdditiveCoupling,
+    AffineAutoregressive,
     AffineCoupling,
     ChannelAffineCoupling,
     CheckerboardAffineCoupling,
@@ -30,6 +31,10 @@ from .transforms import (
     Logit,
     Planar,
     Radial,
+    RandomPermutation,
+    ReversePermutation,
+    SplineAutoregressive,
+    SplineCoupling,
     Squeeze,
     Transform,
     half_mask,
@@ -85,6 +90,63 @@ def _alternating_masks(kind: str, dim: int, layers: int) -> list:
     return [MASKS[kind](dim, i % 2 == 0) for i in range(layers)]
 
 
+def _inner_context(context_dim: int, embedding_dim: int | None) -> int:
+    """The context width the layers see: the embedding's output, or the raw context."""
+    _check_int("context_dim", context_dim, 0)
+    if embedding_dim is None:
+        return context_dim
+    _check_int("embedding_dim", embedding_dim, 1)
+    if not context_dim:
+        raise ValueError("embedding_dim needs a context: set context_dim >= 1")
+    return embedding_dim
+
+
+def _flow(
+    transform: Transform,
+    base: str,
+    event_shape: int | tuple[int, ...],
+    context_dim: int,
+    embedding_dim: int | None,
+) -> Flow:
+    """A flow with its base and, for ``embedding_dim``, an MLP embedding of the context
+    ``context_dim -> 64 -> embedding_dim``."""
+    embedding = None
+    if embedding_dim is not None:
+        embedding = MLP(context_dim, embedding_dim, (64,))
+        embedding[-1].reset_parameters()  # an embedding that starts at zero would learn late
+    inner = _inner_context(context_dim, embedding_dim)
+    return Flow(transform, make_base(base, event_shape, inner), embedding)
+
+
+def _autoregressive_layers(
+    dim: int,
+    layers: int,
+    permutation: str,
+    seed: int,
+    actnorm: bool,
+    made: dict[str, Any],
+    scale_bound: float,
+) -> list[Transform]:
+    """``layers`` :class:`AffineAutoregressive` layers on MADEs with options ``made``, a
+    permutation between consecutive ones and, with ``actnorm``, an ActNorm before each."""
+    steps: list[Transform] = []
+    for i in range(layers):
+        if i:
+            steps.append(_permutation(permutation, dim, seed + i))
+        if actnorm:
+            steps.append(ActNorm(dim))
+        steps.append(AffineAutoregressive(dim, scale_bound=scale_bound, **made))
+    return steps
+
+
+def _permutation(kind: str, dim: int, seed: int) -> Transform:
+    if kind == "reverse":
+        return ReversePermutation()
+    if kind == "random":
+        return RandomPermutation(dim, seed=seed)
+    raise ValueError(f"unknown permutation {kind!r}; expected reverse or random")
+
+
 @_builder
 def realnvp(
     dim: int,
@@ -97,6 +159,7 @@ def realnvp(
     base: str = "normal",
     actnorm: bool = False,
     context_dim: int = 0,
+    embedding_dim: int | None = None,
 ) -> Flow:
     r"""Real NVP (Dinh et al. 2016) on vectors: ``layers`` affine couplings.
 
@@ -106,10 +169,13 @@ def realnvp(
     bounded scale. ``actnorm=True`` puts an :class:`ActNorm` before every coupling (the
     data-initialised counterpart of the paper's batch normalisation): recommended for data
     whose features have very different scales, such as images. Shapes ``(batch, dim)``.
+    See :func:`maf` for ``context_dim``, ``embedding_dim`` and the ``"conditional-normal"``
+    base.
     """
     _check_int("dim", dim, 2)
     _check_int("layers", layers, 1)
     hidden = _check_hidden(hidden)
+    inner = _inner_context(context_dim, embedding_dim)
     steps = []
     for m in _alternating_masks(mask, dim, layers):
         if actnorm:
@@ -120,10 +186,10 @@ def realnvp(
                 hidden=hidden,
                 activation=activation,
                 scale_bound=scale_bound,
-                context_dim=context_dim,
+                context_dim=inner,
             )
         )
-    return Flow(Compose(*steps), make_base(base, dim))
+    return _flow(Compose(*steps), base, dim, context_dim, embedding_dim)
 
 
 @_builder
@@ -137,6 +203,7 @@ def nice(
     base: str = "logistic",
     actnorm: bool = False,
     context_dim: int = 0,
+    embedding_dim: int | None = None,
 ) -> Flow:
     r"""NICE (Dinh et al. 2014): ``layers`` additive couplings, then a diagonal scaling.
 
@@ -147,17 +214,143 @@ def nice(
     conditioners are ReLU MLPs (5 x 1000 by default) and the base is the standard logistic.
     ``actnorm=True`` (not in the paper) standardises the input with one data-initialised
     :class:`ActNorm`, so that features of very different scales need not be rescaled by
-    the slow gradient steps of ``s``. Shapes ``(batch, dim)``.
+    the slow gradient steps of ``s``. Shapes ``(batch, dim)``. See :func:`maf` for
+    ``context_dim`` and ``embedding_dim``.
     """
     _check_int("dim", dim, 2)
     _check_int("layers", layers, 1)
     hidden = _check_hidden(hidden)
+    inner = _inner_context(context_dim, embedding_dim)
     couplings = [
-        AdditiveCoupling(m, hidden=hidden, activation=activation, context_dim=context_dim)
+        AdditiveCoupling(m, hidden=hidden, activation=activation, context_dim=inner)
         for m in _alternating_masks(mask, dim, layers)
     ]
     first = [ActNorm(dim)] if actnorm else []
-    return Flow(Compose(*first, *couplings, DiagonalScaling(dim)), make_base(base, dim))
+    transform = Compose(*first, *couplings, DiagonalScaling(dim))
+    return _flow(transform, base, dim, context_dim, embedding_dim)
+
+
+@_builder
+def maf(
+    dim: int,
+    layers: int = 5,
+    hidden: Sequence[int] = (64, 64),
+    *,
+    residual: bool = False,
+    permutation: str = "reverse",
+    actnorm: bool = False,
+    activation: str = "relu",
+    scale_bound: float = 3.0,
+    base: str = "normal",
+    context_dim: int = 0,
+    embedding_dim: int | None = None,
+    seed: int = 0,
+) -> Flow:
+    r"""Masked autoregressive flow (Papamakarios et al. 2017): ``layers`` MAF layers.
+
+    Each layer is :class:`AffineAutoregressive`, :math:`z_i = x_i e^{s_i(x_{<i})} +
+    t_i(x_{<i})`, on a :class:`~flowforge.made.MADE` with the given ``hidden`` widths
+    (``residual=True``: residual connections). A ``permutation`` (``"reverse"``, as in the
+    paper, or ``"random"``, seeded by ``seed``) between layers changes the ordering; with
+    ``actnorm=True`` an :class:`ActNorm` precedes each layer (the data-initialised stand-in
+    for the paper's batch normalisation). ``log_prob`` is one pass per layer; ``sample`` takes
+    ``dim`` passes per layer.
+
+    Conditional: ``context_dim > 0`` feeds a context ``(batch, context_dim)`` to every layer;
+    ``embedding_dim`` first maps it by an MLP ``context_dim -> 64 -> embedding_dim`` trained
+    with the flow; ``base="conditional-normal"`` makes the base a diagonal Gaussian whose
+    mean and scale an MLP computes from the (embedded) context. Shapes ``(batch, dim)``.
+    """
+    _check_int("dim", dim, 1)
+    _check_int("layers", layers, 1)
+    hidden = _check_hidden(hidden)
+    inner = _inner_context(context_dim, embedding_dim)
+    made = dict(hidden=hidden, residual=residual, activation=activation, context_dim=inner)
+    steps = _autoregressive_layers(dim, layers, permutation, seed, actnorm, made, scale_bound)
+    return _flow(Compose(*steps), base, dim, context_dim, embedding_dim)
+
+
+@_builder
+def iaf(
+    dim: int,
+    layers: int = 5,
+    hidden: Sequence[int] = (64, 64),
+    *,
+    residual: bool = False,
+    permutation: str = "reverse",
+    activation: str = "relu",
+    scale_bound: float = 3.0,
+    base: str = "normal",
+    context_dim: int = 0,
+    embedding_dim: int | None = None,
+    seed: int = 0,
+) -> Flow:
+    r"""Inverse autoregressive flow (Kingma et al. 2016): ``layers`` IAF layers, base to data.
+
+    Each layer, in the generative direction, is :math:`x_i = z_i e^{s_i(z_{<i})} +
+    t_i(z_{<i})`: the one-pass forward of an :class:`AffineAutoregressive` applied to the
+    latent side (the flow's data -> latent transform holds their inverses), so
+    ``sample_and_log_prob`` is one MADE pass per layer, the trade-off that variational
+    inference wants, and ``log_prob`` of given data takes ``dim`` passes per layer. Options as
+    in :func:`maf` (no ActNorm: its data initialisation needs data, which VI does not have).
+    ``base="diag-normal"`` gives a learnable Gaussian base. Shapes ``(batch, dim)``.
+    """
+    _check_int("dim", dim, 1)
+    _check_int("layers", layers, 1)
+    hidden = _check_hidden(hidden)
+    inner = _inner_context(context_dim, embedding_dim)
+    made = dict(hidden=hidden, residual=residual, activation=activation, context_dim=inner)
+    generative = _autoregressive_layers(dim, layers, permutation, seed, False, made, scale_bound)
+    # Each layer's one-pass forward runs from the latent towards the data.
+    return _flow(_generative(generative), base, dim, context_dim, embedding_dim)
+
+
+@_builder
+def nsf(
+    dim: int,
+    layers: int = 4,
+    bins: int = 8,
+    tail_bound: float = 5.0,
+    hidden: Sequence[int] = (64, 64),
+    autoregressive: bool = False,
+    *,
+    mask: str = "half",
+    actnorm: bool = False,
+    activation: str = "relu",
+    base: str = "normal",
+    context_dim: int = 0,
+    embedding_dim: int | None = None,
+) -> Flow:
+    r"""Neural spline flow (Durkan et al. 2019): ``layers`` rational-quadratic spline layers.
+
+    Coupling form (default): :class:`SplineCoupling` layers whose kept parts alternate as in
+    :func:`realnvp` (``mask``); one pass in either direction. ``autoregressive=True``:
+    :class:`SplineAutoregressive` layers on MADEs with the ordering reversed between layers
+    (density in one pass, sampling in ``dim``). Each feature gets a monotonic spline of
+    ``bins`` bins on ``[-tail_bound, tail_bound]`` and the identity outside it, so the data
+    should mostly lie inside (standardise it, or use ``actnorm=True``, which puts a
+    data-initialised :class:`ActNorm` before every layer). Conditional options as in
+    :func:`maf`. Shapes ``(batch, dim)``.
+    """
+    _check_int("dim", dim, 1 if autoregressive else 2)
+    _check_int("layers", layers, 1)
+    _check_int("bins", bins, 1)
+    hidden = _check_hidden(hidden)
+    inner = _inner_context(context_dim, embedding_dim)
+    spline = dict(
+        bins=bins, tail_bound=tail_bound, hidden=hidden, activation=activation, context_dim=inner
+    )
+    steps: list[Transform] = []
+    masks = None if autoregressive else _alternating_masks(mask, dim, layers)
+    for i in range(layers):
+        if actnorm:
+            steps.append(ActNorm(dim))
+        if autoregressive:
+            steps += [ReversePermutation()] if i else []
+            steps.append(SplineAutoregressive(dim, **spline))
+        else:
+            steps.append(SplineCoupling(masks[i], **spline))
+    return _flow(Compose(*steps), base, dim, context_dim, embedding_dim)
 
 
 def _generative(layers: list[nn.Module]) -> Inverse:
@@ -224,6 +417,8 @@ def realnvp_image(
     shift_bound: float | None = None,
     actnorm: bool = True,
     base: str = "normal",
+    context_dim: int = 0,
+    embedding_dim: int | None = None,
 ) -> Flow:
     r"""Multi-scale Real NVP (Dinh et al. 2016) on images ``(batch, C, H, W)`` in ``[0, 1]``.
 
@@ -237,7 +432,9 @@ def realnvp_image(
     batch normalisation, which would make samples of a batch depend on each other). The latent
     keeps the data's shape; the standard-normal ``base`` factorises over the scales' parts.
     ``scale_bound`` and ``shift_bound`` bound each coupling (see
-    :class:`ChannelAffineCoupling`).
+    :class:`ChannelAffineCoupling`). ``context_dim`` and ``embedding_dim`` make it
+    conditional, e.g. on a one-hot class label (see :func:`maf`; the couplings see the
+    context as constant input channels).
     """
     _check_int("scales", scales, 1)
     _check_int("blocks", blocks, 0)
@@ -245,7 +442,11 @@ def realnvp_image(
     _check_int("couplings", couplings, 1)
     c, _, _ = _check_image_shape(shape, scales - 1, f"{scales} scales")
     net = dict(
-        hidden_channels=channels, blocks=blocks, scale_bound=scale_bound, shift_bound=shift_bound
+        hidden_channels=channels,
+        blocks=blocks,
+        scale_bound=scale_bound,
+        shift_bound=shift_bound,
+        context_dim=_inner_context(context_dim, embedding_dim),
     )
 
     def normalised(coupling: Transform, width: int) -> list[Transform]:
@@ -264,7 +465,8 @@ def realnvp_image(
         layers += [FactorOut(scale(2 * width, index + 1), 2 * width), Squeeze().inv]
         return Compose(*layers)
 
-    return Flow(Compose(Logit(alpha), scale(c, 0)), make_base(base, tuple(shape)))
+    transform = Compose(Logit(alpha), scale(c, 0))
+    return _flow(transform, base, tuple(shape), context_dim, embedding_dim)
 
 
 @_builder
@@ -280,6 +482,8 @@ def glow(
     shift_bound: float | None = None,
     learn_prior: bool = True,
     base: str = "normal",
+    context_dim: int = 0,
+    embedding_dim: int | None = None,
 ) -> Flow:
     r"""Glow (Kingma & Dhariwal 2018) on images ``(batch, C, H, W)`` in ``[0, 1]``.
 
@@ -294,14 +498,21 @@ def glow(
     the standard-normal base (so temperature scales it too). Defaults are the paper's
     (L = 3, K = 32, 512 channels); the image must be divisible by ``2**levels``.
     ``scale_bound`` and ``shift_bound`` bound each coupling (see :class:`ChannelAffineCoupling`).
+    ``context_dim`` and ``embedding_dim`` make it conditional (see :func:`realnvp_image`; the
+    learned prior sees the context too).
     """
     _check_int("levels", levels, 1)
     _check_int("steps", steps, 1)
     _check_int("channels", channels, 1)
     _check_int("blocks", blocks, 0)
     c, _, _ = _check_image_shape(shape, levels, f"{levels} levels")
+    inner = _inner_context(context_dim, embedding_dim)
     net = dict(
-        hidden_channels=channels, blocks=blocks, scale_bound=scale_bound, shift_bound=shift_bound
+        hidden_channels=channels,
+        blocks=blocks,
+        scale_bound=scale_bound,
+        shift_bound=shift_bound,
+        context_dim=inner,
     )
 
     def level(width: int, index: int) -> Transform:
@@ -316,10 +527,14 @@ def glow(
         if index < levels - 1:
             half = width // 2
             if learn_prior:
-                prior = zero_conv(width - half, 2 * half)
-                layers.append(ChannelAffineCoupling(width, keep_first=False, conditioner=prior))
+                prior = zero_conv(width - half + inner, 2 * half)
+                layers.append(
+                    ChannelAffineCoupling(
+                        width, keep_first=False, conditioner=prior, context_dim=inner
+                    )
+                )
             layers.append(FactorOut(level(width - half, index + 1), half))
         layers.append(Squeeze().inv)
         return Compose(*layers)
 
-    return Flow(Compose(Logit(alpha), level(c, 0)), make_base(base, tuple(shape)))
+    return _flow(Compose(Logit(alpha), level(c, 0)), base, tuple(shape), context_dim, embedding_dim)

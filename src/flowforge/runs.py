@@ -4,6 +4,11 @@ A run directory holds ``config.yaml`` (the resolved configuration), ``model.json
 ``model.safetensors`` (see :mod:`flowforge.io`), ``checkpoint.safetensors`` (the training
 state after the last finished epoch), ``metrics.jsonl`` (one line per epoch), ``eval.json``
 and ``plots/``. The command line (:mod:`flowforge.cli`) is a thin layer over these functions.
+
+The data are a named dataset or a data file (:mod:`flowforge.datasets.files`, recorded in
+the config by its absolute path). Data with a context ``(N, k)`` give a conditional flow
+``q(x | c)``: the model is built with ``context_dim=k`` (recorded in ``model.json``), trained
+and evaluated on the pairs, and sampled given contexts (:func:`sample_run`).
 """
 
 from __future__ import annotations
@@ -13,8 +18,9 @@ import inspect
 import json
 import math
 import os
+import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +28,10 @@ import numpy as np
 import torch
 
 from . import datasets, io, models, plots
-from .baselines import GaussianBaseline
+from .baselines import GaussianBaseline, LinearGaussianBaseline
 from .config import VI_DEFAULTS, ConfigError, read_yaml, resolve, write_yaml
 from .datasets.base import Dataset, Split
+from .datasets.files import read_csv
 from .flow import Flow
 from .training import History, fit, nll_values, report_of, write_metrics
 from .variational import VariationalHistory, fit_variational
@@ -34,8 +41,21 @@ METRICS_FILE = "metrics.jsonl"
 
 
 def data_kind(name: str) -> str:
-    """The key of a dataset in :data:`flowforge.config.DATA_DEFAULTS`."""
-    return "toy" if name in datasets.TOYS else name
+    """The key of a dataset in :data:`flowforge.config.DATA_DEFAULTS`: ``"toy"``, an image
+    set's name, or ``"tabular"`` for a data file."""
+    if name in datasets.TOYS:
+        return "toy"
+    return "tabular" if is_data_file(name) else name
+
+
+def is_data_file(name: str) -> bool:
+    """Whether the config value ``data`` is a data file rather than a named dataset."""
+    return name not in datasets.DATASETS and datasets.is_data_file(name)
+
+
+def context_dim_of(flow: Flow) -> int:
+    """The width ``k`` of the context a flow is conditioned on (0: not conditional)."""
+    return int((flow.config or {}).get("context_dim") or 0)
 
 
 def make_config(
@@ -47,6 +67,8 @@ def make_config(
     given = set(file_values) | {k for k, v in (overrides or {}).items() if v is not None}
     config["model_args"] = dict(config["model_args"])
     config["_given"] = sorted(given)
+    if is_data_file(config["data"]):  # so that eval, sample and plot work from anywhere
+        config["data"] = str(Path(config["data"]).expanduser().resolve())
     return config
 
 
@@ -58,13 +80,22 @@ def is_image_model(name: str) -> bool:
 def load_data(config: Mapping[str, Any]) -> tuple[Dataset, tuple[int, ...]]:
     """The configured dataset, flattened to vectors unless the model is an image model, and
     the shape of one sample before flattening."""
-    if config["data"] not in datasets.DATASETS:
+    name, columns = config["data"], config.get("context_columns")
+    if name not in datasets.DATASETS and not datasets.is_data_file(name):
         raise ConfigError(
             f"config value 'data' must be one of {', '.join(datasets.DATASETS)}, "
-            f"got {config['data']!r}"
+            f"or a .npz, .npy or .csv file, got {name!r}"
+        )
+    if columns is not None and name in datasets.DATASETS:
+        raise ConfigError(
+            f"config value 'context_columns' applies to data files only, not to {name!r}"
         )
     data = datasets.load(
-        config["data"], n=config["n"], seed=config["seed"], data_dir=config["data_dir"]
+        name,
+        n=config["n"],
+        seed=config["seed"],
+        data_dir=config["data_dir"],
+        context_columns=columns,
     )
     shape = tuple(data.event_shape)
     if is_image_model(config["model"]):
@@ -77,8 +108,20 @@ def load_data(config: Mapping[str, Any]) -> tuple[Dataset, tuple[int, ...]]:
     return data.flatten(), shape
 
 
-def build_model(config: Mapping[str, Any], shape: int | tuple[int, ...]) -> Flow:
-    """The configured model for data of ``shape`` (a vector width for vector models)."""
+def conditional_models() -> list[str]:
+    """The model builders that take a context (a ``context_dim`` argument)."""
+    return [
+        name
+        for name, builder in models.MODELS.items()
+        if "context_dim" in inspect.signature(builder).parameters
+    ]
+
+
+def build_model(
+    config: Mapping[str, Any], shape: int | tuple[int, ...], context_dim: int = 0
+) -> Flow:
+    """The configured model for data of ``shape`` (a vector width for vector models), with a
+    context of ``context_dim`` values per sample (0: unconditional)."""
     name = config["model"]
     if name not in models.MODELS:
         raise ConfigError(
@@ -88,6 +131,19 @@ def build_model(config: Mapping[str, Any], shape: int | tuple[int, ...]) -> Flow
     given = set(config.get("_given", ()))
     size = "shape" if "shape" in accepted else "dim"
     kwargs: dict[str, Any] = {size: shape if size == "shape" else math.prod(_as_tuple(shape))}
+    if "context_dim" in config["model_args"]:
+        raise ConfigError(
+            "model argument 'context_dim' is set by the data (the width of their context); "
+            "do not give it"
+        )
+    if context_dim:
+        if "context_dim" not in accepted:
+            raise ConfigError(
+                f"model {name!r} is not conditional; the data have a context of "
+                f"{context_dim} value{'s' if context_dim != 1 else ''}, so use one of "
+                f"{', '.join(conditional_models())}"
+            )
+        kwargs["context_dim"] = context_dim
     for key in ("layers", "hidden"):
         if config[key] is None:
             continue
@@ -120,7 +176,13 @@ def fit_run(
     """Train the configured model and write the run directory ``out``."""
     out = Path(out)
     data, shape = load_data(config)
-    flow = _start_run(config, out, tuple(data.train.event_shape), keep_metrics=resume)
+    flow = _start_run(
+        config,
+        out,
+        tuple(data.train.event_shape),
+        keep_metrics=resume,
+        context_dim=_context_width(data.train),
+    )
     try:
         history = fit(
             flow,
@@ -153,12 +215,20 @@ def fit_run(
     return flow, history
 
 
+def _context_width(split: Split) -> int:
+    return 0 if split.context is None else split.context.shape[1]
+
+
 def _start_run(
-    config: Mapping[str, Any], out: Path, shape: int | tuple[int, ...], keep_metrics: bool = False
+    config: Mapping[str, Any],
+    out: Path,
+    shape: int | tuple[int, ...],
+    keep_metrics: bool = False,
+    context_dim: int = 0,
 ) -> Flow:
     """Build the configured model (seeded) and open the run directory with its config."""
     torch.manual_seed(config["seed"])
-    flow = build_model(config, shape)
+    flow = build_model(config, shape, context_dim)
     out.mkdir(parents=True, exist_ok=True)
     if not keep_metrics:
         (out / METRICS_FILE).unlink(missing_ok=True)
@@ -186,9 +256,25 @@ def read_history(run_dir: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _check_context(flow: Flow, split: Split, name: str) -> int:
+    """The context width of a run's flow, checked against its data's."""
+    flow_k, data_k = context_dim_of(flow), _context_width(split)
+    if flow_k != data_k:
+        raise ValueError(
+            f"the run's flow is conditioned on {flow_k} context values but its data {name} "
+            f"have {data_k}; was the data file changed after fitting?"
+        )
+    return flow_k
+
+
 def evaluate_run(run_dir: str | Path, split: str = "test") -> dict[str, Any]:
     """The flow's NLL on a split beside a full-covariance Gaussian and, for toys, the true
-    entropy (so NLL - H = KL(p || q)); written to ``eval.json``."""
+    entropy (so NLL - H = KL(p || q)); written to ``eval.json``.
+
+    For data with a context the flow's NLL is the conditional one, ``-log q(x_i | c_i)`` at
+    each sample's own context; beside it are a Gaussian linear in the context
+    (:class:`LinearGaussianBaseline`, ``conditional_gaussian``) and the full-covariance
+    Gaussian of ``x`` alone, which ignores the context."""
     run_dir = Path(run_dir)
     config = read_config(run_dir)
     data, _ = load_data(config)
@@ -196,19 +282,28 @@ def evaluate_run(run_dir: str | Path, split: str = "test") -> dict[str, Any]:
         raise ValueError(f"split must be train, val or test, got {split!r}")
     samples = getattr(data, split)
     flow = io.load(run_dir, device=config["device"])
+    context_dim = _check_context(flow, samples, config["data"])
     gaussian_model = GaussianBaseline(data.train)
-    nll = {"flow": nll_values(flow, samples), "gaussian": nll_values(gaussian_model, samples)}
+    nll = {
+        "flow": nll_values(flow, samples),
+        "gaussian": nll_values(gaussian_model, Split(samples.x, samples.levels)),
+    }
+    if context_dim:
+        nll["conditional_gaussian"] = nll_values(LinearGaussianBaseline(data.train), samples)
     report, gaussian = report_of(nll["flow"], samples), report_of(nll["gaussian"], samples)
     result: dict[str, Any] = {
         "data": config["data"],
         "model": config["model"],
         "split": split,
+        "context_dim": context_dim,
         "flow": report.as_dict(),
         "gaussian": gaussian.as_dict(),
         "entropy": data.entropy,
         "kl": None if data.entropy is None else report.nll - data.entropy,
         "gaussian_kl": None if data.entropy is None else gaussian.nll - data.entropy,
     }
+    if context_dim:
+        result["conditional_gaussian"] = report_of(nll["conditional_gaussian"], samples).as_dict()
     if data.log_prob is not None:
         # KL(p || q) = E_p[log p - log q], estimated on the same points: the paired
         # difference varies far less than the NLL itself, so its standard error is small.
@@ -231,8 +326,16 @@ def format_evaluation(result: Mapping[str, Any]) -> str:
     header += f" {'NLL - H(p)':>11}" if result["entropy"] is not None else ""
     paired = "flow_kl_paired" in result
     header += f" {'KL(p||q), paired':>17} {'s.e.':>7}" if paired else ""
-    lines = [f"{result['data']}, {result['split']} split, {result['flow']['n']} samples", header]
-    rows = [(result["model"], "flow", result["kl"])]
+    context_dim = result.get("context_dim") or 0
+    title = f"{result['data']}, {result['split']} split, {result['flow']['n']} samples"
+    plural = "s" if context_dim != 1 else ""
+    title += f", each with a context of {context_dim} value{plural}" if context_dim else ""
+    lines = [title, header]
+    if context_dim:
+        rows = [(f"{result['model']} q(x|c)", "flow", result["kl"])]
+        rows.append(("linear-Gaussian p(x|c)", "conditional_gaussian", None))
+    else:
+        rows = [(result["model"], "flow", result["kl"])]
     rows.append(("full-covariance Gaussian", "gaussian", result["gaussian_kl"]))
     for name, key, kl in rows:
         report = result[key]
@@ -247,17 +350,85 @@ def format_evaluation(result: Mapping[str, Any]) -> str:
         lines.append(f"{'true entropy H(p)':<24} {result['entropy']:>12.4f}")
     if paired:
         lines.append("KL(p||q), paired: mean of log p(x) - log q(x) over the same test points")
+    if context_dim:
+        lines.append(
+            "conditional NLL: -log q(x|c) at each sample's own context; the full-covariance "
+            "Gaussian ignores the context"
+        )
     return "\n".join(lines)
 
 
 def sample_run(
-    run_dir: str | Path, n: int, temperature: float = 1.0, seed: int | None = None
+    run_dir: str | Path,
+    n: int,
+    temperature: float = 1.0,
+    seed: int | None = None,
+    context: np.ndarray | torch.Tensor | None = None,
 ) -> np.ndarray:
-    """``n`` samples of a trained run, in model space (``[0, 1]`` for images)."""
+    """``n`` samples of a trained run, in model space (``[0, 1]`` for images).
+
+    A conditional run needs a ``context``: one context ``(k,)`` gives ``n`` samples
+    ``(n, D)`` of ``q(x | c)``; ``m`` contexts ``(m, k)`` give ``n`` samples for each,
+    ``(m, n, D)``. An unconditional run takes none."""
     if seed is not None:
         torch.manual_seed(seed)
     flow = io.load(run_dir)
-    return flow.sample(n, temperature=temperature).cpu().numpy()
+    k = context_dim_of(flow)
+    if k and context is None:
+        raise ValueError(
+            f"run {run_dir} is conditional on a context of {k} values; give one "
+            f"(--context with {k} comma-separated numbers, or --context-file)"
+        )
+    if not k and context is not None:
+        raise ValueError(f"run {run_dir} is not conditional; it takes no context")
+    if context is None:
+        return flow.sample(n, temperature=temperature).cpu().numpy()
+    values = torch.as_tensor(np.asarray(context, dtype=np.float64)).to(flow.dtype)
+    single = values.dim() == 1
+    values = values.reshape(1, -1) if single else values
+    if values.dim() != 2 or values.shape[1] != k or len(values) == 0:
+        raise ValueError(
+            f"run {run_dir} needs contexts of {k} values (shape ({k},) or (m, {k})), got "
+            f"shape {tuple(np.shape(context))}"
+        )
+    if not torch.isfinite(values).all():
+        raise ValueError("the context contains NaN or infinite values")
+    samples = flow.sample(n, context=values, temperature=temperature)
+    return (samples[0] if single else samples).cpu().numpy()
+
+
+def parse_context(text: str) -> np.ndarray:
+    """One context vector ``(k,)`` from numbers separated by commas (or spaces)."""
+    items = [item for item in re.split(r"[,\s]+", text.strip()) if item]
+    try:
+        values = np.array([float(item) for item in items], dtype=np.float64)
+    except ValueError:
+        values = np.array([])
+    if len(values) == 0 or not np.isfinite(values).all():
+        raise ValueError(
+            f"--context must be finite numbers separated by commas, such as 0.1,0.2, got {text!r}"
+        )
+    return values
+
+
+def read_context_file(path: str | Path) -> np.ndarray:
+    """Contexts ``(m, k)`` (or one ``(k,)``) from a ``.npy`` file (read without pickle) or a
+    ``.csv`` file of numbers (a header line is allowed)."""
+    path = Path(path)
+    if path.suffix.lower() not in (".npy", ".csv"):
+        raise ValueError(f"a context file must be .npy or .csv, got {path}")
+    if not path.is_file():
+        raise FileNotFoundError(f"context file {path} does not exist")
+    if path.suffix.lower() == ".csv":
+        return read_csv(path)[0]
+    try:
+        values = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
+        reason = (str(error).splitlines() or ["unreadable"])[0]
+        raise ValueError(f"{path} is not a usable .npy file: {reason}") from None
+    if not isinstance(values, np.ndarray) or values.dtype.kind not in "biuf":
+        raise ValueError(f"{path} must hold an array of numbers")
+    return values
 
 
 def plot_run(
@@ -266,8 +437,14 @@ def plot_run(
     data: tuple[Dataset, tuple[int, ...]] | None = None,
     history: History | list[dict[str, Any]] | None = None,
     temperature: float = 1.0,
+    log: Callable[[str], None] | None = None,
 ) -> list[Path]:
-    """Write the run's figures into ``run_dir/plots`` and return their paths."""
+    """Write the run's figures into ``run_dir/plots`` and return their paths.
+
+    For a conditional run the density, sample and layer figures (of an unconditional
+    ``q(x)``) are skipped, saying so through ``log``; ``conditional_samples.png`` shows
+    ``q(x | c)`` for a few test contexts instead
+    (:func:`flowforge.plots.plot_conditional_samples`)."""
     run_dir = Path(run_dir)
     config = read_config(run_dir)
     flow = flow if flow is not None else io.load(run_dir)
@@ -279,6 +456,24 @@ def plot_run(
     if history:
         written.append(plots.plot_losses(history, folder / "loss.png", title=config["data"]))
     torch.manual_seed(config["seed"])
+    if data.train.context is not None:
+        _check_context(flow, data.test, config["data"])
+        if log is not None:
+            log(
+                "conditional run: no density, sample or layer figures of q(x) (they need an "
+                "unconditional flow); drawing samples of q(x|c) for a few test contexts"
+            )
+        written.append(
+            plots.plot_conditional_samples(
+                flow,
+                data.train,
+                data.test,
+                folder / "conditional_samples.png",
+                temperature=temperature,
+                title=f"{Path(config['data']).name}: {config['model']} q(x|c)",
+            )
+        )
+        return written
     test = data.test.x.to(flow.dtype)
     if data.train.dim == 2:
         written.append(

@@ -1,4 +1,6 @@
-"""Datasets by name: 2-D toys with known densities and entropies, and image sets.
+"""Datasets by name: 2-D toys with known densities and entropies, and image sets; and
+tabular data from local ``.npz`` / ``.npy`` / ``.csv`` files, optionally with a context for
+conditional density estimation (see :mod:`flowforge.datasets.files`).
 
 >>> from flowforge import datasets
 >>> data = datasets.load("two-moons", n=1000, seed=0)
@@ -16,6 +18,7 @@ from typing import Any
 from . import images
 from .base import Dataset, Split, split_three
 from .cifar import cifar10
+from .files import is_data_file, load_file
 from .images import digits, mnist
 
 _IMAGES: dict[str, str] = {
@@ -50,8 +53,15 @@ def load(
     seed: int = 0,
     data_dir: str | os.PathLike | None = None,
     flatten: bool = False,
+    context_columns: str | int | list[int | str] | None = None,
 ) -> Dataset:
-    """The dataset ``name`` (see :data:`DATASETS`), its splits fixed by ``seed``.
+    """The dataset ``name`` (see :data:`DATASETS`) or in the data file ``name``, its splits
+    fixed by ``seed``.
+
+    A name in :data:`DATASETS` is always that dataset; anything else that ends in ``.npz``,
+    ``.npy`` or ``.csv``, or is an existing file, is read by :func:`files.load_file` (``n``
+    keeps a random subset of ``n`` rows; ``context_columns`` splits columns off as the
+    context; ``data_dir`` is unused).
 
     Toys draw ``n`` samples (20,000 if None) split 80/10/10 (:func:`toys.make`); ``digits``
     ignores ``n`` and ``data_dir``; ``mnist`` reads from ``data_dir`` (see
@@ -60,7 +70,12 @@ def load(
     ``flatten=True`` returns samples as vectors ``(N, D)``.
     """
     toys = _toys()
-    if name in toys.TOYS:
+    named = name in toys.TOYS or name in _IMAGES
+    if context_columns is not None and named:
+        raise ValueError(f"context_columns applies to data files only, not to dataset {name!r}")
+    if not named and is_data_file(name):
+        data = load_file(name, n=n, seed=seed, context_columns=context_columns)
+    elif name in toys.TOYS:
         data = toys.make(name, 20_000 if n is None else n, seed)
     elif name == "digits":
         data = digits(seed)
@@ -70,7 +85,10 @@ def load(
         data = cifar10(data_dir, n=n, seed=seed)
     else:
         names = [*toys.TOYS, *_IMAGES]
-        raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(names)}")
+        raise ValueError(
+            f"unknown dataset {name!r}; expected one of {', '.join(names)}, "
+            "or a .npz, .npy or .csv file"
+        )
     return data.flatten() if flatten else data
 
 
@@ -82,8 +100,11 @@ __all__ = [
     "Split",
     "cifar10",
     "digits",
+    "files",
     "images",
+    "is_data_file",
     "load",
+    "load_file",
     "mnist",
     "split_three",
     "toys",

@@ -37,17 +37,23 @@ def check_bound(name: str, bound: float | None, optional: bool = False) -> None:
         raise ValueError(f"{name} must be a positive finite number, got {bound!r}")
 
 
-def with_context(h: Tensor, context: Tensor | None, context_dim: int) -> Tensor:
-    """The conditioner input: ``h`` with the context appended when the layer is conditional."""
-    if not context_dim:
-        return h
-    if context is None or context.shape != (*h.shape[:-1], context_dim):
+def check_context(context: Tensor | None, rows: int, context_dim: int) -> Tensor:
+    """``context`` if it is ``(rows, context_dim)``, else a one-line ValueError."""
+    if context is None or context.shape != (rows, context_dim):
         got = "none" if context is None else tuple(context.shape)
         raise ValueError(
-            f"this layer is conditional: expected context of shape "
-            f"({', '.join(map(str, h.shape[:-1]))}, {context_dim}), got {got}"
+            f"this layer is conditional: expected context of shape ({rows}, {context_dim}), "
+            f"got {got}"
         )
-    return torch.cat((h, context), dim=-1)
+    return context
+
+
+def with_context(h: Tensor, context: Tensor | None, context_dim: int) -> Tensor:
+    """The conditioner input ``(batch, F)``: ``h`` with the context appended when the layer
+    is conditional."""
+    if not context_dim:
+        return h
+    return torch.cat((h, check_context(context, h.shape[0], context_dim)), dim=-1)
 
 
 class Coupling(Transform):

@@ -5,7 +5,10 @@ channels split in halves. Both use the bounded log-scale of
 :class:`~flowforge.transforms.AffineCoupling`:
 
 .. math:: z_B = x_B \odot e^{s} + t,\quad s = B\tanh(\hat s / B),\quad
-          (\hat s, t) = \mathrm{NN}(x_A),\quad \log|\det J| = \textstyle\sum s
+          (\hat s, t) = \mathrm{NN}(x_A, c),\quad \log|\det J| = \textstyle\sum s
+
+A conditional coupling (``context_dim = k > 0``) gives its conditioner the context
+``(batch, k)`` as ``k`` extra input channels, each constant over the image.
 """
 
 from __future__ import annotations
@@ -17,7 +20,16 @@ from torch import Tensor, nn
 
 from ..nn import ConvResNet
 from .base import Transform
-from .coupling import check_bound, soft_clamp
+from .coupling import check_bound, check_context, soft_clamp
+
+
+def with_context_maps(h: Tensor, context: Tensor | None, context_dim: int) -> Tensor:
+    """The conditioner input ``(batch, C + k, H, W)``: ``h`` with the context ``(batch, k)``
+    appended as constant channels when the layer is conditional."""
+    if not context_dim:
+        return h
+    context = check_context(context, h.shape[0], context_dim)
+    return torch.cat((h, context[:, :, None, None].expand(-1, -1, *h.shape[2:])), dim=1)
 
 
 def checkerboard(height: int, width: int, parity: int = 0, device=None) -> Tensor:
@@ -42,8 +54,9 @@ class CheckerboardAffineCoupling(Transform):
         scale_bound: ``B``, the largest log-scale one layer applies.
         shift_bound: if given, ``t`` is soft-clamped to ``(-T, T)`` as well (see
             :class:`ChannelAffineCoupling`).
+        context_dim: width ``k`` of an optional context (see the module docstring).
 
-    Shapes: ``(batch, C, H, W) -> (batch, C, H, W)``.
+    Shapes: ``(batch, C, H, W) -> (batch, C, H, W)``, context ``(batch, k)``.
     """
 
     def __init__(
@@ -55,6 +68,7 @@ class CheckerboardAffineCoupling(Transform):
         activation: str | Callable[[], nn.Module] = "relu",
         scale_bound: float = 3.0,
         shift_bound: float | None = None,
+        context_dim: int = 0,
     ) -> None:
         super().__init__()
         if parity not in (0, 1):
@@ -64,21 +78,25 @@ class CheckerboardAffineCoupling(Transform):
         self.parity = parity
         self.scale_bound = scale_bound
         self.shift_bound = shift_bound
-        self.conditioner = ConvResNet(channels, 2 * channels, hidden_channels, blocks, activation)
+        self.context_dim = context_dim
+        self.conditioner = ConvResNet(
+            channels + context_dim, 2 * channels, hidden_channels, blocks, activation
+        )
 
-    def _scale_shift(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def _scale_shift(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         kept = checkerboard(x.shape[2], x.shape[3], self.parity, x.device)
-        raw_scale, shift = self.conditioner(x * kept).chunk(2, dim=1)
+        h = with_context_maps(x * kept, context, self.context_dim)
+        raw_scale, shift = self.conditioner(h).chunk(2, dim=1)
         if self.shift_bound is not None:
             shift = soft_clamp(shift, self.shift_bound)
         return soft_clamp(raw_scale, self.scale_bound) * ~kept, shift * ~kept
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        log_scale, shift = self._scale_shift(x)
+        log_scale, shift = self._scale_shift(x, context)
         return x * log_scale.exp() + shift, log_scale.flatten(1).sum(-1)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        log_scale, shift = self._scale_shift(z)
+        log_scale, shift = self._scale_shift(z, context)
         return (z - shift) * torch.exp(-log_scale), -log_scale.flatten(1).sum(-1)
 
     def extra_repr(self) -> str:
@@ -104,9 +122,11 @@ class ChannelAffineCoupling(Transform):
             to its input, so in a deep stack an unusual input can be amplified layer after
             layer into an astronomically small density; a bound turns that growth from
             multiplicative into at most ``T`` per layer.
-        conditioner: a network to use instead, ``(batch, |A|, H, W) -> (batch, 2|B|, H, W)``.
+        conditioner: a network to use instead,
+            ``(batch, |A| + k, H, W) -> (batch, 2|B|, H, W)``.
+        context_dim: width ``k`` of an optional context (see the module docstring).
 
-    Shapes: ``(batch, C, H, W) -> (batch, C, H, W)``.
+    Shapes: ``(batch, C, H, W) -> (batch, C, H, W)``, context ``(batch, k)``.
     """
 
     def __init__(
@@ -119,6 +139,7 @@ class ChannelAffineCoupling(Transform):
         scale_bound: float = 3.0,
         shift_bound: float | None = None,
         conditioner: nn.Module | None = None,
+        context_dim: int = 0,
     ) -> None:
         super().__init__()
         if channels < 2:
@@ -129,9 +150,12 @@ class ChannelAffineCoupling(Transform):
         self.keep_first = keep_first
         self.scale_bound = scale_bound
         self.shift_bound = shift_bound
+        self.context_dim = context_dim
         changed = channels - self.kept
         if conditioner is None:
-            conditioner = ConvResNet(self.kept, 2 * changed, hidden_channels, blocks, activation)
+            conditioner = ConvResNet(
+                self.kept + context_dim, 2 * changed, hidden_channels, blocks, activation
+            )
         self.conditioner = conditioner
 
     def _split(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -142,21 +166,22 @@ class ChannelAffineCoupling(Transform):
     def _merge(self, kept: Tensor, changed: Tensor) -> Tensor:
         return torch.cat((kept, changed) if self.keep_first else (changed, kept), dim=1)
 
-    def _scale_shift(self, kept: Tensor) -> tuple[Tensor, Tensor]:
-        raw_scale, shift = self.conditioner(kept).chunk(2, dim=1)
+    def _scale_shift(self, kept: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        h = with_context_maps(kept, context, self.context_dim)
+        raw_scale, shift = self.conditioner(h).chunk(2, dim=1)
         if self.shift_bound is not None:
             shift = soft_clamp(shift, self.shift_bound)
         return soft_clamp(raw_scale, self.scale_bound), shift
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         x_a, x_b = self._split(x)
-        log_scale, shift = self._scale_shift(x_a)
+        log_scale, shift = self._scale_shift(x_a, context)
         z_b = x_b * log_scale.exp() + shift
         return self._merge(x_a, z_b), log_scale.flatten(1).sum(-1)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         z_a, z_b = self._split(z)
-        log_scale, shift = self._scale_shift(z_a)
+        log_scale, shift = self._scale_shift(z_a, context)
         x_b = (z_b - shift) * torch.exp(-log_scale)
         return self._merge(z_a, x_b), -log_scale.flatten(1).sum(-1)
 

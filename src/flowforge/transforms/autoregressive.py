@@ -1,0 +1,126 @@
+r"""Autoregressive transforms on a MADE: MAF layers (Papamakarios et al. 2017) and, inverted,
+IAF layers (Kingma et al. 2016).
+
+Feature ``i`` is transformed elementwise with parameters that a :class:`~flowforge.made.MADE`
+computes from the features before it in the ordering (and the context):
+
+.. math:: z_i = g(x_i;\ \theta_i(x_{<i}, c)), \qquad
+          \log|\det \partial z/\partial x| = \textstyle\sum_i \log|g'(x_i)|
+
+The Jacobian is triangular under the ordering. ``forward`` (data to latent) is one MADE pass;
+``inverse`` recovers the features one degree at a time: ``D`` passes, each fixing one more
+feature, a loop of static length with no branch on the data. A MAF layer uses this class as
+it is (density in one pass, sampling in ``D``); an IAF layer is its :class:`Inverse`
+(sampling in one pass, density in ``D``).
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..made import MADE
+from .base import Transform
+from .coupling import check_bound, soft_clamp, with_context
+
+
+class Autoregressive(Transform):
+    r"""Base class: a MADE conditioner and an elementwise map per feature.
+
+    Subclasses set ``params_per_feature`` and implement :meth:`transform_part` and
+    :meth:`untransform_part` on ``(batch, D)`` given the MADE output ``(batch, D, P)``.
+
+    Args:
+        features: ``D``.
+        hidden: hidden widths of the MADE.
+        context_dim: width of the optional context.
+        order: the autoregressive ordering: ``"natural"``, ``"reverse"``, ``"random"`` or a
+            list of feature indices.
+        residual: residual connections in the MADE.
+        activation: activation of the MADE.
+        seed: for ``order="random"``.
+    """
+
+    params_per_feature: int
+
+    def __init__(
+        self,
+        features: int,
+        hidden: Sequence[int] = (64, 64),
+        context_dim: int = 0,
+        order: str | Sequence[int] = "natural",
+        residual: bool = False,
+        activation: str | Callable[[], nn.Module] = "relu",
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.features, self.context_dim = features, context_dim
+        self.made = MADE(
+            features,
+            self.params_per_feature,
+            hidden,
+            context_dim,
+            order,
+            residual,
+            activation,
+            seed,
+        )
+
+    def _parameters_from(self, x: Tensor, context: Tensor | None) -> Tensor:
+        return self.made(with_context(x, context, self.context_dim))
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self.transform_part(x, self._parameters_from(x, context))
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        # After pass k the first k features in the ordering are exact, so the last pass's
+        # parameters, and the log-determinant from them, are those of the exact x.
+        x = torch.zeros_like(z)
+        for _ in range(self.features):
+            x, logdet = self.untransform_part(z, self._parameters_from(x, context))
+        return x, logdet
+
+    @abstractmethod
+    def transform_part(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        """``(x, theta) -> (z, sum log|dz/dx|)``."""
+
+    @abstractmethod
+    def untransform_part(self, z: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        """``(z, theta) -> (x, sum log|dx/dz|)``."""
+
+
+class AffineAutoregressive(Autoregressive):
+    r"""The MAF layer: :math:`z_i = x_i e^{s_i} + t_i`, with
+    :math:`(\hat s_i, t_i) = \theta_i(x_{<i}, c)` and :math:`s_i = B\tanh(\hat s_i / B)`, so
+    :math:`\log|\det J| = \sum_i s_i` (see :class:`AffineCoupling` for the bound).
+
+    Args:
+        features: ``D``.
+        scale_bound: ``B``, the largest log-scale (default 3).
+        **kwargs: see :class:`Autoregressive`.
+    """
+
+    params_per_feature = 2
+
+    def __init__(self, features: int, *, scale_bound: float = 3.0, **kwargs) -> None:
+        check_bound("scale_bound", scale_bound)
+        super().__init__(features, **kwargs)
+        self.scale_bound = scale_bound
+
+    def _log_scale_shift(self, params: Tensor) -> tuple[Tensor, Tensor]:
+        raw_scale, shift = params.unbind(-1)
+        return soft_clamp(raw_scale, self.scale_bound), shift
+
+    def transform_part(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        log_scale, shift = self._log_scale_shift(params)
+        return x * log_scale.exp() + shift, log_scale.sum(-1)
+
+    def untransform_part(self, z: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        log_scale, shift = self._log_scale_shift(params)
+        return (z - shift) * torch.exp(-log_scale), -log_scale.sum(-1)
+
+    def extra_repr(self) -> str:
+        return f"features={self.features}, scale_bound={self.scale_bound}"
