@@ -32,6 +32,7 @@ broadcast in ``log_prior``, ``log_likelihood`` and ``log_posterior``.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from functools import cache
 
 import torch
@@ -69,7 +70,7 @@ def _output_dtype(*tensors: Tensor) -> torch.dtype:
     return dtype
 
 
-class Simulator:
+class Simulator(ABC):
     r"""The interface shared by the simulators: a prior, a simulator and their posterior.
 
     Subclasses set ``theta_dim``, ``x_dim``, ``names`` (LaTeX labels of the parameters) and
@@ -82,13 +83,13 @@ class Simulator:
     names: tuple[str, ...]
     dtype: torch.dtype = torch.float32
 
+    @abstractmethod
     def sample_prior(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         r""":math:`\theta_i \sim p(\theta)`: ``(n, theta_dim)``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def simulate(self, theta: Tensor, generator: torch.Generator | None = None) -> Tensor:
         r""":math:`x_i \sim p(x \mid \theta_i)`: ``(n, theta_dim) -> (n, x_dim)``."""
-        raise NotImplementedError
 
     def sample_joint(self, n: int, seed: int = 0) -> tuple[Tensor, Tensor]:
         r"""``n`` pairs :math:`\theta_i \sim p(\theta)`, :math:`x_i \sim p(x \mid \theta_i)`
@@ -98,18 +99,18 @@ class Simulator:
         theta = self.sample_prior(n, generator)
         return theta, self.simulate(theta, generator)
 
+    @abstractmethod
     def log_prior(self, theta: Tensor) -> Tensor:
         r""":math:`\log p(\theta)`: ``(..., theta_dim) -> (...)``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def log_likelihood(self, theta: Tensor, x: Tensor) -> Tensor:
         r""":math:`\log p(x \mid \theta)`: ``(..., theta_dim), (..., x_dim) -> (...)``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def log_evidence(self, x: Tensor) -> Tensor:
         r""":math:`\log p(x) = \log \int p(x \mid \theta) p(\theta)\, d\theta`:
         ``(m, x_dim) -> (m,)``."""
-        raise NotImplementedError
 
     def log_posterior(self, theta: Tensor, x: Tensor) -> Tensor:
         r""":math:`\log p(\theta \mid x) = \log p(x \mid \theta) + \log p(\theta) - \log p(x)`.
@@ -125,18 +126,18 @@ class Simulator:
         value = self.log_likelihood(theta, x_rows) + self.log_prior(theta) - evidence
         return value.to(_output_dtype(theta, x))
 
+    @abstractmethod
     def posterior_moments(self, x: Tensor) -> tuple[Tensor, Tensor]:
         r"""Posterior mean :math:`E[\theta \mid x]` ``(m, theta_dim)`` and covariance
         :math:`\mathrm{Cov}[\theta \mid x]` ``(m, theta_dim, theta_dim)`` for ``x``
         ``(m, x_dim)``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def sample_posterior(
         self, x: Tensor, n: int, generator: torch.Generator | None = None
     ) -> Tensor:
         r"""``n`` exact draws :math:`\theta \sim p(\theta \mid x_j)` per row of ``x``:
         ``(m, x_dim) -> (m, n, theta_dim)`` (the layout of ``Flow.sample(n, context=x)``)."""
-        raise NotImplementedError
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(theta_dim={self.theta_dim}, x_dim={self.x_dim})"
