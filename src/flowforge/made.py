@@ -3,10 +3,16 @@ r"""MADE: the masked autoencoder for distribution estimation (Germain et al. 201
 An MLP whose weight matrices are masked so that output ``i`` depends only on the inputs that
 come before ``i`` in an ordering. Every unit gets a degree: input ``i`` the degree
 :math:`d_i \in \{1..D\}` (its position in the ordering), each hidden unit a degree
-:math:`m \in \{1..D-1\}`, context inputs degree 0. A connection from a unit of degree
+:math:`m \in \{1..D-1\}` (:math:`\{0..D-1\}` with a context, so that units of degree 0
+see only the context), context inputs degree 0. A connection from a unit of degree
 :math:`a` into a hidden unit of degree :math:`m` is kept iff :math:`m \ge a`; into the
 outputs of feature ``i`` iff :math:`d_i > a`. Then :math:`\partial y_i / \partial x_j = 0`
 unless :math:`d_j < d_i`: the Jacobian is strictly triangular under the ordering.
+
+Inverting an autoregressive map needs the outputs one feature at a time. Instead of ``D``
+full passes, :meth:`MADE.autoregress` takes the hidden units in order of degree and computes
+each once, as soon as every input it depends on is known: a whole inversion costs about one
+pass of arithmetic, in ``D`` small steps.
 """
 
 from __future__ import annotations
@@ -46,11 +52,14 @@ def input_degrees(features: int, order: str | Sequence[int] = "natural", seed: i
     return degrees
 
 
-def hidden_degrees(features: int, width: int) -> Tensor:
-    """Degrees ``(width,)`` of a hidden layer, cycling through ``1..D-1`` (all 0 for D = 1,
-    where hidden units may see only the context)."""
+def hidden_degrees(features: int, width: int, conditional: bool = False) -> Tensor:
+    """Degrees ``(width,)`` of a hidden layer, cycling through ``1..D-1``; with a context
+    through ``0..D-1``, so that some units see only the context and the first feature's
+    parameters depend on it too (all 0 for D = 1)."""
     if features == 1:
         return torch.zeros(width, dtype=torch.long)
+    if conditional:
+        return torch.arange(width) % features
     return torch.arange(width) % (features - 1) + 1
 
 
@@ -111,8 +120,10 @@ class MADE(nn.Module):
         previous = torch.cat((degrees, torch.zeros(context_dim, dtype=torch.long)))
         layers = []
         for width in hidden:
-            current = hidden_degrees(features, width)
-            layers.append(MaskedLinear(current[:, None] >= previous[None, :]))
+            current = hidden_degrees(features, width, conditional=context_dim > 0)
+            layer = MaskedLinear(current[:, None] >= previous[None, :])
+            layer.register_buffer("unit_degrees", current, persistent=False)
+            layers.append(layer)
             previous = current
         self.hidden = nn.ModuleList(layers)
         self.activations = nn.ModuleList(make_activation(activation) for _ in hidden)
@@ -126,3 +137,71 @@ class MADE(nn.Module):
             update = activation(layer(h))
             h = h + update if self.residual and i > 0 else update
         return self.output(h).unflatten(-1, (self.features, self.params_per_feature))
+
+    @torch.no_grad()
+    def autoregress(
+        self, context: Tensor | None, solve: Callable[[int, Tensor], Tensor], like: Tensor
+    ) -> Tensor:
+        r"""Solve for ``x`` feature by feature, each hidden unit computed once.
+
+        For the feature of degree ``k`` (``k = 1..D``): its parameters ``(batch, P)`` come
+        from the last hidden layer's units of degree below ``k``, then
+        ``x_i = solve(i, params)``; then every hidden unit of degree ``k`` is computed, from
+        the inputs and lower-layer units of degree at most ``k``, now all known. Same
+        result as ``D`` full passes, for about the arithmetic of one. Without gradients (it
+        writes its buffers in place).
+
+        Args:
+            context: ``(batch, context_dim)``, or None for an unconditional MADE.
+            solve: ``(feature index, params (batch, P)) -> x_i (batch,)``.
+            like: a tensor whose batch size, dtype and device ``x`` takes.
+
+        Returns:
+            ``x`` ``(batch, D)``.
+        """
+        features, per = self.features, self.params_per_feature
+        order = self.degrees.argsort()  # the feature of degree k is order[k - 1]
+        x = like.new_zeros(like.shape[0], features)  # columns by degree
+        steps = []  # per hidden layer: sorted weights, bias, unit ends by degree, activation
+        previous = order  # the sorted columns of the layer's input
+        for i, layer in enumerate(self.hidden):
+            units = layer.unit_degrees.argsort(stable=True)
+            weight = (layer.weight * layer.mask)[units]
+            bias = layer.bias[units]
+            if i == 0 and context is not None:
+                bias = bias + context @ weight[:, features:].T
+            ends = torch.searchsorted(
+                layer.unit_degrees[units],
+                torch.arange(features + 1, device=units.device),
+                right=True,
+            ).tolist()  # ends[k]: units of degree <= k
+            steps.append((weight[:, previous], bias, ends))
+            previous = units
+        output = (self.output.weight * self.output.mask)[:, previous]
+        hidden = [x.new_zeros(x.shape[0], bias.shape[-1]) for _, bias, _ in steps]
+
+        def units_of_degree(k: int) -> None:
+            known = k  # inputs of degree <= k: the first k columns of x
+            for i, ((weight, bias, ends), activation) in enumerate(
+                zip(steps, self.activations, strict=True)
+            ):
+                start, end = ends[k - 1] if k else 0, ends[k]
+                if end > start:
+                    inputs = x if i == 0 else hidden[i - 1]
+                    pre = inputs[:, :known] @ weight[start:end, :known].T + bias[..., start:end]
+                    value = activation(pre)
+                    if self.residual and i > 0:
+                        value = value + hidden[i - 1][:, start:end]
+                    hidden[i][:, start:end] = value
+                known = end
+
+        units_of_degree(0)  # units that see only the context
+        for k in range(1, features + 1):
+            feature = int(order[k - 1])
+            known = steps[-1][2][k - 1]
+            rows = slice(feature * per, (feature + 1) * per)
+            params = hidden[-1][:, :known] @ output[rows, :known].T + self.output.bias[rows]
+            x[:, k - 1] = solve(feature, params)
+            if k < features:
+                units_of_degree(k)
+        return x[:, self.degrees - 1]

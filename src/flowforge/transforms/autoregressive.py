@@ -8,10 +8,12 @@ computes from the features before it in the ordering (and the context):
           \log|\det \partial z/\partial x| = \textstyle\sum_i \log|g'(x_i)|
 
 The Jacobian is triangular under the ordering. ``forward`` (data to latent) is one MADE pass;
-``inverse`` recovers the features one degree at a time: ``D`` passes, each fixing one more
-feature, a loop of static length with no branch on the data. A MAF layer uses this class as
-it is (density in one pass, sampling in ``D``); an IAF layer is its :class:`Inverse`
-(sampling in one pass, density in ``D``).
+``inverse`` recovers the features one degree at a time: without gradients (sampling) by
+:meth:`~flowforge.made.MADE.autoregress`, which computes each hidden unit once, as soon as
+its inputs are known (about one pass of arithmetic); with gradients by ``D`` full passes,
+each fixing one more feature, a loop of static length with no branch on the data. A MAF
+layer uses this class as it is (density in one pass, sampling by the inverse); an IAF layer
+is its :class:`Inverse` (sampling with its density in one pass).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from torch import Tensor, nn
 
 from ..made import MADE
 from .base import Transform
-from .coupling import check_bound, soft_clamp, with_context
+from .coupling import check_bound, check_context, soft_clamp, with_context
 
 
 class Autoregressive(Transform):
@@ -76,12 +78,29 @@ class Autoregressive(Transform):
         return self.transform_part(x, self._parameters_from(x, context))
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        # After pass k the first k features in the ordering are exact, so the last pass's
-        # parameters, and the log-determinant from them, are those of the exact x.
+        if not torch.is_grad_enabled():
+            return self._inverse_in_one_pass(z, context)
+        # With gradients: D full passes. After pass k the first k features in the ordering
+        # are exact, so the last pass's parameters, and the log-determinant from them, are
+        # those of the exact x.
         x = torch.zeros_like(z)
         for _ in range(self.features):
             x, logdet = self.untransform_part(z, self._parameters_from(x, context))
         return x, logdet
+
+    def _inverse_in_one_pass(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
+        """The inverse by :meth:`MADE.autoregress`: each hidden unit computed once."""
+        if self.context_dim:
+            context = check_context(context, z.shape[0], self.context_dim)
+        logdets = []
+
+        def solve(feature: int, params: Tensor) -> Tensor:
+            x_i, logdet = self.untransform_part(z[:, feature, None], params[:, None])
+            logdets.append(logdet)
+            return x_i[:, 0]
+
+        x = self.made.autoregress(context if self.context_dim else None, solve, z)
+        return x, torch.stack(logdets).sum(0)
 
     @abstractmethod
     def transform_part(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
