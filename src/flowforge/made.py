@@ -161,38 +161,43 @@ class MADE(nn.Module):
         """
         features, per = self.features, self.params_per_feature
         order = self.degrees.argsort()  # the feature of degree k is order[k - 1]
-        x = like.new_zeros(like.shape[0], features)  # columns by degree
-        steps = []  # per hidden layer: sorted weights, bias, unit ends by degree, activation
+        # Buffers are (units, batch): the units of one degree are a contiguous block of rows,
+        # which each step writes with one addmm and one in-place activation.
+        x = like.new_zeros(features, like.shape[0])  # rows by degree
+        steps = []  # per hidden layer: sorted weights, bias (units, 1 or batch), unit ends
         previous = order  # the sorted columns of the layer's input
         for i, layer in enumerate(self.hidden):
             units = layer.unit_degrees.argsort(stable=True)
             weight = (layer.weight * layer.mask)[units]
-            bias = layer.bias[units]
+            bias = layer.bias[units, None]
             if i == 0 and context is not None:
-                bias = bias + context @ weight[:, features:].T
-            ends = torch.searchsorted(
-                layer.unit_degrees[units],
-                torch.arange(features + 1, device=units.device),
-                right=True,
-            ).tolist()  # ends[k]: units of degree <= k
+                bias = bias + weight[:, features:] @ context.T
+            arange = torch.arange(features + 1, device=units.device)
+            ends = torch.searchsorted(layer.unit_degrees[units], arange, right=True).tolist()
             steps.append((weight[:, previous], bias, ends))
             previous = units
         output = (self.output.weight * self.output.mask)[:, previous]
-        hidden = [x.new_zeros(x.shape[0], bias.shape[-1]) for _, bias, _ in steps]
+        output_bias = self.output.bias[:, None]
+        hidden = [x.new_empty(len(weight), x.shape[1]) for weight, _, _ in steps]
 
         def units_of_degree(k: int) -> None:
-            known = k  # inputs of degree <= k: the first k columns of x
+            known = k  # inputs of degree <= k: the first k rows of x
             for i, ((weight, bias, ends), activation) in enumerate(
                 zip(steps, self.activations, strict=True)
             ):
                 start, end = ends[k - 1] if k else 0, ends[k]
                 if end > start:
                     inputs = x if i == 0 else hidden[i - 1]
-                    pre = inputs[:, :known] @ weight[start:end, :known].T + bias[..., start:end]
-                    value = activation(pre)
+                    block = hidden[i][start:end]
+                    torch.addmm(
+                        bias[start:end], weight[start:end, :known], inputs[:known], out=block
+                    )
+                    if getattr(activation, "inplace", False):
+                        activation(block)
+                    else:
+                        block.copy_(activation(block))
                     if self.residual and i > 0:
-                        value = value + hidden[i - 1][:, start:end]
-                    hidden[i][:, start:end] = value
+                        block.add_(hidden[i - 1][start:end])
                 known = end
 
         units_of_degree(0)  # units that see only the context
@@ -200,8 +205,8 @@ class MADE(nn.Module):
             feature = int(order[k - 1])
             known = steps[-1][2][k - 1]
             rows = slice(feature * per, (feature + 1) * per)
-            params = hidden[-1][:, :known] @ output[rows, :known].T + self.output.bias[rows]
-            x[:, k - 1] = solve(feature, params)
+            params = torch.addmm(output_bias[rows], output[rows, :known], hidden[-1][:known])
+            x[k - 1] = solve(feature, params.T)
             if k < features:
                 units_of_degree(k)
-        return x[:, self.degrees - 1]
+        return x[self.degrees - 1].T

@@ -93,9 +93,10 @@ class Autoregressive(Transform):
         if self.context_dim:
             context = check_context(context, z.shape[0], self.context_dim)
         logdets = []
+        columns = z.T.contiguous()
 
         def solve(feature: int, params: Tensor) -> Tensor:
-            x_i, logdet = self.untransform_part(z[:, feature, None], params[:, None])
+            x_i, logdet = self.untransform_part(columns[feature, :, None], params[:, None])
             logdets.append(logdet)
             return x_i[:, 0]
 

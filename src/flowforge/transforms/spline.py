@@ -92,7 +92,7 @@ def rational_quadratic(
     """
     knots_x, knots_y, derivatives = spline_knots(params, bound)
     inside = (x >= -bound) & (x <= bound)
-    clamped = x.clamp(-bound, bound)
+    clamped = x.clamp(-bound, bound).contiguous()  # searchsorted wants contiguous values
     search = knots_y if inverse else knots_x
     index = torch.searchsorted(search[..., 1:-1].contiguous(), clamped[..., None], right=True)
     x_k, width = _in_bin(knots_x, index)

@@ -1,0 +1,1 @@
+"""Speed benchmarks of flowforge beside nflows, normflows and zuko (``python -m benchmarks``)."""
