@@ -3,7 +3,7 @@
     python -m benchmarks [--cases A B C D E F] [--rounds 20] [--threads 2] [--out FILE]
 
 For each case every library's model is built to the same architecture (peers.py; the
-parameter counts are printed), then one Adam training step (loss, backward, foreach Adam) of
+parameter counts are printed), then one Adam training step (loss, backward, fused Adam) of
 each, and a float32 1024x1024 matmul as the machine's own yardstick, are timed in interleaved
 rounds after warm-up; then one sampling call of each, the same way. Prints markdown tables
 (median ms, interquartile range, ratio of the peer's time to flowforge's: above 1 means

@@ -1,7 +1,10 @@
 """What the opt-in ``torch.compile`` path gains on flowforge's training step, and when its
 compile time pays off.
 
-    python -m benchmarks.compile [--cases A C D] [--rounds 20]
+    TORCHINDUCTOR_FORCE_DISABLE_CACHES=1 python -m benchmarks.compile [--cases A C D]
+
+(without the variable, a second run finds the compiled kernels in inductor's on-disk cache
+and reports a compile time of a second or two: the cost of a warm start, not a cold one.)
 
 For each case: the eager step and the compiled step (``torch.compile`` of the loss, default
 mode), timed in interleaved rounds after warm-up; the first compiled call's time (the

@@ -81,8 +81,8 @@ def count_parameters(module: torch.nn.Module) -> int:
 
 
 def training_step(subject: Subject, batch: torch.Tensor | None) -> Callable[[], object]:
-    """One step: ``loss(batch)``, backward, Adam (foreach, the same for every library)."""
-    optimizer = torch.optim.Adam(subject.module.parameters(), lr=1e-4, foreach=True)
+    """One step: ``loss(batch)``, backward, Adam (fused, the same for every library)."""
+    optimizer = torch.optim.Adam(subject.module.parameters(), lr=1e-4, fused=True)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)

@@ -195,8 +195,7 @@ def fit(
         torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(0 if seed is None else seed)
 
-    optimizer_cls = torch.optim.AdamW if weight_decay else torch.optim.Adam
-    optimizer = optimizer_cls(flow.parameters(), lr=lr, weight_decay=weight_decay)
+    optimizer = adam(flow.parameters(), lr, weight_decay)
     steps_per_epoch = math.ceil(len(train) / batch_size)
     scheduler = _scheduler(optimizer, schedule, epochs * steps_per_epoch)
 
@@ -307,6 +306,18 @@ def fit(
             flow.load_state_dict(best_state)
         flow.eval()
     return history
+
+
+def adam(parameters, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """Adam (AdamW with ``weight_decay``) in its fused form, one kernel for the whole update,
+    where this torch and device have it (on a CPU it spends ~40% less time than the foreach
+    form on NICE's 19M parameters; ``python -m benchmarks``), else the default form."""
+    parameters = list(parameters)
+    optimizer_cls = torch.optim.AdamW if weight_decay else torch.optim.Adam
+    try:
+        return optimizer_cls(parameters, lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return optimizer_cls(parameters, lr=lr, weight_decay=weight_decay)
 
 
 def gradient_step(optimizer: torch.optim.Optimizer, loss: Tensor, clip: float | None) -> None:

@@ -25,7 +25,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .flow import Flow
-from .training import check_optimisation, gradient_step
+from .training import adam, check_optimisation, gradient_step
 
 
 class UnnormalisedDensity(Protocol):
@@ -110,7 +110,7 @@ def fit_variational(
     flow.to(device=device or flow.device, dtype=dtype or flow.dtype)
     if seed is not None:
         torch.manual_seed(seed)
-    optimizer = torch.optim.Adam(flow.parameters(), lr=lr)
+    optimizer = adam(flow.parameters(), lr)
     scheduler = (
         torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps) if schedule else None
     )
