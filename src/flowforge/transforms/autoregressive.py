@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from ..made import MADE
 from .base import Transform
-from .coupling import check_bound, check_context, soft_clamp, with_context
+from .coupling import bounded_affine, check_bound, check_context, with_context
 
 
 class Autoregressive(Transform):
@@ -130,17 +130,11 @@ class AffineAutoregressive(Autoregressive):
         super().__init__(features, **kwargs)
         self.scale_bound = scale_bound
 
-    def _log_scale_shift(self, params: Tensor) -> tuple[Tensor, Tensor]:
-        raw_scale, shift = params.unbind(-1)
-        return soft_clamp(raw_scale, self.scale_bound), shift
-
     def transform_part(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        log_scale, shift = self._log_scale_shift(params)
-        return x * log_scale.exp() + shift, log_scale.sum(-1)
+        return bounded_affine(x, *params.unbind(-1), self.scale_bound)
 
     def untransform_part(self, z: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        log_scale, shift = self._log_scale_shift(params)
-        return (z - shift) * torch.exp(-log_scale), -log_scale.sum(-1)
+        return bounded_affine(z, *params.unbind(-1), self.scale_bound, inverse=True)
 
     def extra_repr(self) -> str:
         return f"features={self.features}, scale_bound={self.scale_bound}"

@@ -37,6 +37,17 @@ def check_bound(name: str, bound: float | None, optional: bool = False) -> None:
         raise ValueError(f"{name} must be a positive finite number, got {bound!r}")
 
 
+def bounded_affine(
+    x: Tensor, raw_scale: Tensor, shift: Tensor, bound: float, inverse: bool = False
+) -> tuple[Tensor, Tensor]:
+    r""":math:`y = x e^{s} + t` (``inverse``: :math:`y = (x - t) e^{-s}`) with the bounded
+    log-scale :math:`s = B\tanh(\hat s / B)`, and :math:`\pm\sum s` over the last dimension."""
+    log_scale = soft_clamp(raw_scale, bound)
+    if inverse:
+        return (x - shift) * torch.exp(-log_scale), -log_scale.sum(-1)
+    return x * log_scale.exp() + shift, log_scale.sum(-1)
+
+
 def check_context(context: Tensor | None, rows: int, context_dim: int) -> Tensor:
     """``context`` if it is ``(rows, context_dim)``, else a one-line ValueError."""
     if context is None or context.shape != (rows, context_dim):
@@ -152,14 +163,10 @@ class AffineCoupling(Coupling):
         self.scale_bound = scale_bound
 
     def transform_part(self, x_b: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        raw_scale, shift = params.chunk(2, dim=-1)
-        log_scale = soft_clamp(raw_scale, self.scale_bound)
-        return x_b * log_scale.exp() + shift, log_scale.sum(-1)
+        return bounded_affine(x_b, *params.chunk(2, dim=-1), self.scale_bound)
 
     def untransform_part(self, z_b: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
-        raw_scale, shift = params.chunk(2, dim=-1)
-        log_scale = soft_clamp(raw_scale, self.scale_bound)
-        return (z_b - shift) * torch.exp(-log_scale), -log_scale.sum(-1)
+        return bounded_affine(z_b, *params.chunk(2, dim=-1), self.scale_bound, inverse=True)
 
     def extra_repr(self) -> str:
         return f"scale_bound={self.scale_bound}"
