@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import flowforge.transforms as T
 from flowforge import models
-from flowforge.transforms.spline import rational_quadratic, spline_knots
+from flowforge.transforms.spline import rational_quadratic, softmax, spline_knots
 
 bins_ = st.integers(min_value=1, max_value=10)
 bounds = st.floats(min_value=0.5, max_value=6.0)
@@ -141,3 +141,18 @@ def test_compiles_without_graph_breaks(inverse):
     assert torch._dynamo.explain(method)(x).graph_break_count == 0
     layer = T.SplineAutoregressive(6, bins=8, tail_bound=3.0, hidden=(16,))
     assert torch._dynamo.explain(layer.forward)(x).graph_break_count == 0
+
+
+@given(bins=bins_, seed=seeds, scale=st.floats(min_value=0.1, max_value=300.0))
+def test_softmax_equals_torch_softmax_with_its_gradient(bins, seed, scale):
+    generator = torch.Generator().manual_seed(seed)
+    raw = scale * torch.randn(50, 3, bins, generator=generator, dtype=torch.float64)
+    weights = torch.randn(50, 3, bins, generator=generator, dtype=torch.float64)
+    ours, theirs = raw.clone().requires_grad_(True), raw.clone().requires_grad_(True)
+    expected = torch.softmax(theirs, -1)
+    got = softmax(ours)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-300)
+    assert torch.isfinite(got).all()  # raw values up to ~1000: the shift prevents overflow
+    (got * weights).sum().backward()
+    (expected * weights).sum().backward()
+    torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-10, atol=1e-12)

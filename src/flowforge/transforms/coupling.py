@@ -45,7 +45,7 @@ def bounded_affine(
     log_scale = soft_clamp(raw_scale, bound)
     if inverse:
         return (x - shift) * torch.exp(-log_scale), -log_scale.sum(-1)
-    return x * log_scale.exp() + shift, log_scale.sum(-1)
+    return torch.addcmul(shift, x, log_scale.exp()), log_scale.sum(-1)
 
 
 def check_context(context: Tensor | None, rows: int, context_dim: int) -> Tensor:
@@ -214,7 +214,7 @@ class MaskedAffineCoupling(Transform):
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         log_scale, shift = self._scale_shift(x * self.mask, context)
-        return x * log_scale.exp() + shift, log_scale.sum(-1)
+        return torch.addcmul(shift, x, log_scale.exp()), log_scale.sum(-1)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         log_scale, shift = self._scale_shift(z * self.mask, context)

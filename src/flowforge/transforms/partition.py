@@ -74,6 +74,11 @@ class Partition(nn.Module):
         """``x (..., D) -> (x_A (..., |A|), x_B (..., |B|))``."""
         if x.shape[-1] != self.dim:
             raise ValueError(f"expected input of shape (batch, {self.dim}), got {tuple(x.shape)}")
+        if self._kept_prefix:  # one split node: its backward is one concatenation
+            return x.split((self.kept_features, self.changed_features), dim=-1)
+        if self._kept_suffix:
+            changed, kept = x.split((self.changed_features, self.kept_features), dim=-1)
+            return kept, changed
         if self._kept is not None and self._changed is not None:
             return x[..., self._kept], x[..., self._changed]
         both = x.index_select(-1, self._split_index)
