@@ -149,16 +149,17 @@ def test_builders_reject_bad_conditional_options():
     ids=["natural", "random", "residual", "conditional"],
 )
 @pytest.mark.parametrize("dim", [1, 2, 7])
-def test_one_pass_inverse_equals_the_d_pass_inverse(layer, options, dim):
+@pytest.mark.parametrize("batch", [9, 256, 517])
+def test_one_pass_inverse_equals_the_d_pass_inverse(layer, options, dim, batch):
     """Without gradients the inverse takes MADE.autoregress (each hidden unit once); it must
-    give what the D full passes give, log-determinant included."""
+    give what the D full passes give, log-determinant included, at small and large batches."""
     cls = ff.transforms.AffineAutoregressive
     extra = {}
     if layer == "spline":
         cls, extra = ff.transforms.SplineAutoregressive, {"bins": 5, "tail_bound": 2.0}
     transform = randomize(cls(dim, hidden=(16, 16), **options, **extra), seed=dim).double()
-    z = torch.randn(9, dim, dtype=torch.float64)
-    context = torch.randn(9, 2, dtype=torch.float64) if options.get("context_dim") else None
+    z = torch.randn(batch, dim, dtype=torch.float64)
+    context = torch.randn(batch, 2, dtype=torch.float64) if options.get("context_dim") else None
     x_passes, logdet_passes = transform.inverse(z, context)
     with torch.no_grad():
         x_one, logdet_one = transform.inverse(z, context)
