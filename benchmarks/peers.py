@@ -15,6 +15,39 @@ log-likelihood of the batch, and for case E ``loss(None)`` is the reverse-KL est
 samples (the caller wraps it in ``torch.no_grad``); ``module.parameters()`` holds every
 trainable parameter. Each library's layers are ordered so that, like flowforge's, the layer
 nearest the data keeps the first half (or the even features) and the next one the other.
+
+``build_model(library, family, dim)`` builds the architectures of cases A (``"realnvp"``), C
+(``"maf"``) and D (``"nsf"``) at another dimension, by the same code (for the quality
+benchmark, ``benchmarks/quality.py``); ``log_prob(subject, x)`` is each point's log-density
+through the library's own call. At every dimension the peers' parameter counts equal
+flowforge's (tests/test_bench_peers.py). Beyond 2-D one construction differs from case A's:
+zuko's Real NVP is assembled from ``GeneralCouplingTransform`` with flowforge's half masks,
+because ``zuko.flows.RealNVP`` alternates odd and even features (the same thing only in 2-D).
+
+**One-sided scales: why nflows' Real NVP gets a test NLL of 2.018 on two moons.** nflows
+0.14's ``AffineCouplingTransform`` scales by ``sigmoid(s + 2) + 1e-3``, in (0.001, 1.001),
+and ``nflows.flows.Flow.log_prob`` runs the transform forward, from data to noise (as in
+nflows' own ``SimpleRealNVP``, whose BatchNorm between layers is off by default). So every
+layer can only shrink volume: ``log q(x) = log N(f(x); 0, I) + sum log scale <= -(D/2) log
+2 pi + (transformed features) log 1.001``, whatever the parameters. In 2-D with 8 layers
+(8 transformed features) the test NLL cannot go below 1.830 nats; two moons has entropy
+1.008 and needs a density up to several times the standard normal's peak, so the model sits
+at the ceiling: trained as in the quality benchmark, its largest log-density on a grid over
+[-3, 3]^2 is -1.8301 against the bound -1.8299, and its test NLL 2.018 (a full-covariance
+Gaussian: 1.917). It is not our construction: the mask (the kept half is the conditioner's
+input, the other half transformed), the parameter layout (shift then unconstrained scale,
+as nflows splits them) and nflows' initialisation are the library's; the learning rate does
+not matter (the bound holds for every parameter value). The same model with each coupling
+wrapped in ``nflows.transforms.InverseTransform`` (scales in (0.999, 1000) from data to
+noise: it can only expand) reaches 1.090 under the same budget; we keep nflows' own
+direction, since the inverse only moves the ceiling to the other side (it could not
+contract data wider than the base). The same holds for normflows' MAF here: its
+``MaskedAffineAutoregressive`` has the same ``sigmoid(s + 2) + 1e-3`` scale, and ``Reverse``
+(for a one-pass density, the MAF direction) puts its forward, the contracting one, on the
+data-to-noise side. On the 64-D digits in [0, 1]^64 both ceilings are 58.5 nats, 5.41
+bits/dim: worse than uniform noise (log2 17 = 4.09). nflows' MAF (``softplus(s) + 1e-3``,
+unbounded above: nflows 0.14 changed its autoregressive layer from the sigmoid to it) and
+every other model here has no such ceiling.
 """
 
 from __future__ import annotations
@@ -41,6 +74,8 @@ NSF = dict(dim=16, layers=4, hidden=(128, 128), bins=8, tail_bound=5.0)  # D
 PLANAR = dict(dim=2, layers=32, samples=1000)  # E
 GLOW = dict(shape=(1, 32, 32), levels=3, steps=8, channels=64, alpha=0.05)  # F
 SCALE_BOUND = 3.0  # flowforge's affine layers: log-scale 3 tanh(s / 3)
+# build_model's architecture families: the case whose architecture each one is.
+FAMILIES = {"realnvp": "A", "maf": "C", "nsf": "D"}
 
 
 def available(library: str) -> bool:
@@ -60,6 +95,66 @@ def build(library: str, case: str) -> Subject:
     if case not in CASES:
         raise ValueError(f"unknown case {case!r}; expected one of {', '.join(CASES)}")
     return _BUILDERS[library](case)
+
+
+def build_model(library: str, family: str, dim: int) -> Subject:
+    """``library``'s model of the architecture ``family`` for ``dim``-dimensional vectors.
+
+    ``family`` is one of :data:`FAMILIES`: ``"realnvp"`` is case A's architecture, ``"maf"``
+    case C's and ``"nsf"`` case D's, built by the same code as :func:`build` but at ``dim``
+    (so ``build_model(library, "maf", 64)`` is ``build(library, "C")``). ``library`` may
+    also be ``"flowforge"``: ``ff.models.realnvp`` / ``maf`` / ``nsf`` with the same
+    arguments as ``flowforge_models.build``. The coupling families need an even ``dim``
+    (the libraries split an odd one differently). ``Subject.case`` is the case letter.
+    """
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; expected one of {', '.join(FAMILIES)}")
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 2:
+        raise ValueError(f"dim must be an integer >= 2, got {dim!r}")
+    if family != "maf" and dim % 2:
+        raise ValueError(f"{family} needs an even dim (the halves of every library agree)")
+    if library == "flowforge":
+        return _flowforge(family, dim)
+    _check_library(library)
+    return _BUILDERS[library](FAMILIES[family], dim)
+
+
+def log_prob(subject: Subject, x: Tensor) -> Tensor:
+    """``log q(x_i)`` of each point of the batch ``x`` ``(N, D)`` under ``subject``'s model
+    (a family's or case A-D's), through the library's own density call: ``(N,)``, whose mean
+    is minus ``subject.loss(x)``."""
+    module = subject.module
+    if subject.library == "zuko":
+        return module().log_prob(x)
+    return module.log_prob(x)
+
+
+def _flowforge(family: str, dim: int) -> Subject:
+    import flowforge as ff
+
+    if family == "realnvp":
+        flow = ff.models.realnvp(dim, layers=REALNVP["layers"], hidden=REALNVP["hidden"])
+    elif family == "maf":
+        flow = ff.models.maf(dim, layers=MAF["layers"], hidden=MAF["hidden"])
+    else:
+        flow = ff.models.nsf(
+            dim,
+            layers=NSF["layers"],
+            bins=NSF["bins"],
+            tail_bound=NSF["tail_bound"],
+            hidden=NSF["hidden"],
+        )
+    flow.validate_args = False  # as flowforge_models.build: no NaN check's synchronisation
+
+    def loss(batch: Tensor | None) -> Tensor:
+        return -flow.log_prob(batch).mean()
+
+    return _subject("flowforge", FAMILIES[family], flow, loss, flow.sample, "")
+
+
+def _size(dim: int | None, architecture: dict) -> int:
+    """``dim`` if given (:func:`build_model`), else the case's own (:func:`build`)."""
+    return architecture["dim"] if dim is None else dim
 
 
 def _check_library(library: str) -> None:
@@ -136,7 +231,7 @@ class _GlowConditioner(nn.Sequential):
 # ---------------------------------------------------------------------------- nflows
 
 
-def _nflows(case: str) -> Subject:
+def _nflows(case: str, dim: int | None = None) -> Subject:
     from nflows.distributions import StandardNormal
     from nflows.flows import Flow
     from nflows.nn.nets import MLP
@@ -155,7 +250,7 @@ def _nflows(case: str) -> Subject:
         )
 
     if case == "A":
-        dim, layers, hidden = REALNVP["dim"], REALNVP["layers"], REALNVP["hidden"]
+        dim, layers, hidden = _size(dim, REALNVP), REALNVP["layers"], REALNVP["hidden"]
         steps = [AffineCouplingTransform(~_kept_half(dim, i), mlp(hidden)) for i in range(layers)]
         note = (
             "affine scale sigmoid(s + 2) + 1e-3 (nflows 0.14's only one: log-scale in "
@@ -170,7 +265,7 @@ def _nflows(case: str) -> Subject:
             "nflows Transform subclass (nflows has no learned per-feature scale without shift)"
         )
     elif case == "C":
-        dim, layers, hidden = MAF["dim"], MAF["layers"], MAF["hidden"]
+        dim, layers, hidden = _size(dim, MAF), MAF["layers"], MAF["hidden"]
         steps = []
         for i in range(layers):
             if i:
@@ -186,7 +281,7 @@ def _nflows(case: str) -> Subject:
             )
         note = "affine scale softplus(s) + 1e-3, not exp(3 tanh(s/3))"
     elif case == "D":
-        dim, layers, hidden = NSF["dim"], NSF["layers"], NSF["hidden"]
+        dim, layers, hidden = _size(dim, NSF), NSF["layers"], NSF["hidden"]
         steps = [
             PiecewiseRationalQuadraticCouplingTransform(
                 ~_kept_half(dim, i),
@@ -277,7 +372,7 @@ def _nflows_glow() -> Subject:
 # ---------------------------------------------------------------------------- normflows
 
 
-def _normflows(case: str) -> Subject:
+def _normflows(case: str, dim: int | None = None) -> Subject:
     import normflows as nf
 
     if case == "E":
@@ -286,7 +381,7 @@ def _normflows(case: str) -> Subject:
         return _normflows_glow()
     data_to_latent: list[nn.Module] = []  # normflows lists layers latent -> data: reversed below
     if case == "A":
-        dim, layers, hidden = REALNVP["dim"], REALNVP["layers"], REALNVP["hidden"]
+        dim, layers, hidden = _size(dim, REALNVP), REALNVP["layers"], REALNVP["hidden"]
         for i in range(layers):
             net = nf.nets.MLP([dim // 2, *hidden, 2 * (dim - dim // 2)], init_zeros=True)
             split = "channel" if i % 2 == 0 else "channel_inv"  # keeps first / second half
@@ -309,7 +404,7 @@ def _normflows(case: str) -> Subject:
             "AffineCouplingBlock(scale=False), checkerboard split; scaling AffineConstFlow"
         )
     elif case == "C":
-        dim, layers, hidden = MAF["dim"], MAF["layers"], MAF["hidden"]
+        dim, layers, hidden = _size(dim, MAF), MAF["layers"], MAF["hidden"]
         for i in range(layers):
             if i:
                 data_to_latent.append(nf.flows.Permute(dim, mode="swap"))
@@ -329,7 +424,7 @@ def _normflows(case: str) -> Subject:
     elif case == "D":
         from normflows.flows.neural_spline.coupling import PiecewiseRationalQuadraticCoupling
 
-        dim, layers, hidden = NSF["dim"], NSF["layers"], NSF["hidden"]
+        dim, layers, hidden = _size(dim, NSF), NSF["layers"], NSF["hidden"]
         for i in range(layers):
             coupling = PiecewiseRationalQuadraticCoupling(
                 mask=(~_kept_half(dim, i)).int(),
@@ -412,15 +507,15 @@ def _zuko_scaling(log_scale: Tensor) -> object:
     return AffineTransform(0.0, log_scale.exp(), event_dim=1)
 
 
-def _zuko(case: str) -> Subject:
+def _zuko(case: str, dim: int | None = None) -> Subject:
     import zuko
 
     if case == "E":
         raise NotImplementedError("zuko has no planar flow")
     if case == "F":
         raise NotImplementedError("zuko has no image transforms (squeeze, 1x1 convolution)")
-    if case == "A":
-        dim = REALNVP["dim"]
+    if case == "A" and _size(dim, REALNVP) == 2:
+        dim = 2
         flow = zuko.flows.RealNVP(
             dim,
             transforms=REALNVP["layers"],
@@ -429,6 +524,27 @@ def _zuko(case: str) -> Subject:
         )
         note = (
             "zuko.flows.RealNVP (its odd/even masks are the halves in 2-D); affine log-scale "
+            "s / (1 + |s|/3) (MonotonicAffineTransform, slope e^-3), not 3 tanh(s/3)"
+        )
+    elif case == "A":  # beyond 2-D, zuko.flows.RealNVP's odd/even masks are not the halves
+        from zuko.distributions import DiagNormal
+        from zuko.flows import Flow, GeneralCouplingTransform
+        from zuko.lazy import UnconditionalDistribution
+
+        steps = [
+            GeneralCouplingTransform(
+                dim,
+                mask=_kept_half(dim, i),
+                univariate=_zuko_affine(),
+                hidden_features=REALNVP["hidden"],
+            )
+            for i in range(REALNVP["layers"])
+        ]
+        base = UnconditionalDistribution(DiagNormal, torch.zeros(dim), torch.ones(dim), buffer=True)
+        flow = Flow(steps, base)
+        note = (
+            "GeneralCouplingTransform with flowforge's half masks, as zuko.flows.RealNVP builds "
+            "it but for the masks (zuko's alternate odd/even features); affine log-scale "
             "s / (1 + |s|/3) (MonotonicAffineTransform, slope e^-3), not 3 tanh(s/3)"
         )
     elif case == "B":
@@ -457,7 +573,7 @@ def _zuko(case: str) -> Subject:
             "learned log-scale"
         )
     elif case == "C":
-        dim = MAF["dim"]
+        dim = _size(dim, MAF)
         flow = zuko.flows.MAF(
             dim, transforms=MAF["layers"], hidden_features=MAF["hidden"], univariate=_zuko_affine()
         )
@@ -471,7 +587,7 @@ def _zuko(case: str) -> Subject:
         from zuko.lazy import UnconditionalDistribution
         from zuko.transforms import MonotonicRQSTransform
 
-        dim, bins = NSF["dim"], NSF["bins"]
+        dim, bins = _size(dim, NSF), NSF["bins"]
         steps = [
             GeneralCouplingTransform(
                 dim,
@@ -598,7 +714,7 @@ class _ShiftOnly(nn.Module):
         return shift, torch.zeros_like(shift)
 
 
-def _pyro(case: str) -> Subject:
+def _pyro(case: str, dim: int | None = None) -> Subject:
     from pyro.distributions.transforms import (
         AffineAutoregressive,
         AffineCoupling,
@@ -609,7 +725,7 @@ def _pyro(case: str) -> Subject:
 
     base, learn_base, generative = "normal", False, False
     if case == "A":
-        dim, layers, hidden = REALNVP["dim"], REALNVP["layers"], REALNVP["hidden"]
+        dim, layers, hidden = _size(dim, REALNVP), REALNVP["layers"], REALNVP["hidden"]
         half = dim // 2
         steps: list = []
         for i in range(layers):
@@ -643,7 +759,7 @@ def _pyro(case: str) -> Subject:
             "halves; scaling torch's AffineTransform on a learned log-scale"
         )
     elif case == "C":
-        dim, layers, hidden = MAF["dim"], MAF["layers"], MAF["hidden"]
+        dim, layers, hidden = _size(dim, MAF), MAF["layers"], MAF["hidden"]
         steps = []
         for i in range(layers):
             if i:
@@ -659,7 +775,7 @@ def _pyro(case: str) -> Subject:
             "pass (MAF); log-scale hard-clipped to [-3, 3], not 3 tanh(s/3)"
         )
     elif case == "D":
-        dim, layers, hidden, bins = NSF["dim"], NSF["layers"], NSF["hidden"], NSF["bins"]
+        dim, layers, hidden, bins = _size(dim, NSF), NSF["layers"], NSF["hidden"], NSF["bins"]
         half = dim // 2
         steps = []
         for i in range(layers):
@@ -681,8 +797,8 @@ def _pyro(case: str) -> Subject:
             steps.append(coupling)
         note = (
             "SplineCoupling(order='quadratic', identity=True), whose unused spline for the "
-            "kept half (184 parameters a layer) is frozen and not counted; a Permute swaps "
-            "halves between layers"
+            f"kept half ({half * (3 * bins - 1)} parameters a layer) is frozen and not "
+            "counted; a Permute swaps halves between layers"
         )
     elif case == "E":
         dim = PLANAR["dim"]
