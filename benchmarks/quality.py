@@ -188,16 +188,19 @@ def overfits(curves: dict[str, list[float]], se: float) -> bool | None:
 
 
 def merge(path: Path, results: list[dict]) -> list[dict]:
-    """``path``'s records (old ones given ``model: realnvp``) with ``results`` replacing those
-    of the same data, model and library."""
+    """``path``'s records (old ones given ``model: realnvp`` and ``seed: 0``) with ``results``
+    replacing those of the same data, model, library and seed."""
     old = json.loads(path.read_text()) if path.exists() else []
     for record in old:
         record.setdefault("model", "realnvp")
         if "curves" not in record:  # made before the curves were kept: not assessed
             record.pop("overfits", None)
 
+    for record in old:
+        record.setdefault("seed", 0)
+
     def key(r: dict) -> tuple:
-        return r["data"], r["model"], r["library"]
+        return r["data"], r["model"], r["library"], r["seed"]
 
     new = {key(r) for r in results}
     return [r for r in old if key(r) not in new] + results
@@ -227,6 +230,57 @@ def row(r: dict) -> str:
     )
 
 
+def report(records: list[dict], at_best: bool) -> str:
+    """A markdown table, data and model by library: the test NLL (nats; bits/dim for the
+    digits) at the end of the budget or, ``at_best``, at the best validation epoch. With
+    several seeds, the mean and the standard error over seeds; with one, the test-set
+    standard error. The best mean of a row is bold."""
+    libraries = list(dict.fromkeys(r["library"] for r in records))
+    groups: dict[tuple[str, str], dict[str, list[dict]]] = {}
+    for r in records:
+        groups.setdefault((r["data"], r["model"]), {}).setdefault(r["library"], []).append(r)
+    lines = [
+        "| data | model | seeds | " + " | ".join(libraries) + " |",
+        "|---|---|---|" + "---|" * len(libraries),
+    ]
+    for (data, model), by_library in groups.items():
+        cells: dict[str, tuple[float, float]] = {}
+        for library, runs in by_library.items():
+            values, errors = [], []
+            for r in runs:
+                nll, se = (r["nll_at_best"], r["se_at_best"]) if at_best else (r["nll"], r["se"])
+                if nll is None:
+                    continue
+                if "bits_per_dim" in r:  # discrete data: bits/dim of the quantised levels
+                    per_nat = r["bpd_se"] / r["se"]  # 1 / (D log 2)
+                    nll = r["bits_per_dim_at_best"] if at_best else r["bits_per_dim"]
+                    se *= per_nat
+                values.append(nll)
+                errors.append(se)
+            if values:
+                n = len(values)
+                mean = sum(values) / n
+                spread = (
+                    math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
+                    if n > 1
+                    else errors[0]
+                )
+                cells[library] = (mean, spread)
+        best = min(mean for mean, _ in cells.values())
+        seeds = max(len(runs) for runs in by_library.values())
+        row_cells = []
+        for library in libraries:
+            if library not in cells:
+                row_cells.append("")
+                continue
+            mean, spread = cells[library]
+            text = f"{mean:.3f} ± {spread:.3f}"
+            row_cells.append(f"**{text}**" if mean == best else text)
+        unit = " (bits/dim)" if any("bits_per_dim" in r for r in runs) else ""
+        lines.append(f"| {data}{unit} | {model} | {seeds} | " + " | ".join(row_cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(FAMILIES), choices=FAMILIES)
@@ -236,10 +290,20 @@ def main() -> None:
     parser.add_argument(
         "--batch-size", type=int, help="for all data (default: 256 toys, 128 digits)"
     )
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="print the tables of the results in --out (end of budget, best validation epoch)",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/quality.json"))
     args = parser.parse_args()
+    if args.report:
+        records = json.loads(args.out.read_text())
+        print("Test NLL at the end of the budget:\n\n" + report(records, at_best=False))
+        print("\nTest NLL at the best validation epoch:\n\n" + report(records, at_best=True))
+        return
     torch.set_num_threads(args.threads)
     libraries = [lib for lib in args.libraries if lib == "flowforge" or peers.available(lib)]
     for name in args.data:
@@ -254,18 +318,20 @@ def main() -> None:
                 + ", ".join(f"{lib} {n:,}" for lib, n in counts.items())
             )
             print(HEADER, flush=True)
-            for library in libraries:
-                torch.manual_seed(args.seed)
-                subject = peers.build_model(library, family, dim)
-                r = {
-                    "data": name,
-                    "model": family,
-                    "library": library,
-                    "parameters": subject.parameters,
-                    **train_and_test(subject, data, epochs, batch_size, args.seed),
-                }
-                print(row(r), flush=True)
-                args.out.write_text(json.dumps(merge(args.out, [r]), indent=1))
+            for seed in args.seeds:
+                for library in libraries:
+                    torch.manual_seed(seed)
+                    subject = peers.build_model(library, family, dim)
+                    r = {
+                        "data": name,
+                        "model": family,
+                        "library": library,
+                        "seed": seed,
+                        "parameters": subject.parameters,
+                        **train_and_test(subject, data, epochs, batch_size, seed),
+                    }
+                    print(row(r), flush=True)
+                    args.out.write_text(json.dumps(merge(args.out, [r]), indent=1))
 
 
 if __name__ == "__main__":

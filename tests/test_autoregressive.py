@@ -145,8 +145,15 @@ def test_builders_reject_bad_conditional_options():
 @pytest.mark.parametrize("layer", ["affine", "spline"])
 @pytest.mark.parametrize(
     "options",
-    [{}, {"order": "random", "seed": 3}, {"residual": True}, {"context_dim": 2}],
-    ids=["natural", "random", "residual", "conditional"],
+    [
+        {},
+        {"order": "random", "seed": 3},
+        {"residual": True},
+        {"context_dim": 2},
+        {"activation": "tanh"},
+        {"activation": "elu", "residual": True},
+    ],
+    ids=["natural", "random", "residual", "conditional", "tanh", "elu-residual"],
 )
 @pytest.mark.parametrize("dim", [1, 2, 7])
 @pytest.mark.parametrize("batch", [9, 256, 517])

@@ -140,73 +140,91 @@ class MADE(nn.Module):
 
     @torch.no_grad()
     def autoregress(
-        self, context: Tensor | None, solve: Callable[[int, Tensor], Tensor], like: Tensor
+        self,
+        context: Tensor | None,
+        solve: Callable[[int, Tensor, Tensor], None],
+        like: Tensor,
     ) -> Tensor:
         r"""Solve for ``x`` feature by feature, each hidden unit computed once.
 
-        For the feature of degree ``k`` (``k = 1..D``): its parameters ``(batch, P)`` come
+        For the feature of degree ``k`` (``k = 1..D``): its parameters ``(P, batch)`` come
         from the last hidden layer's units of degree below ``k``, then
-        ``x_i = solve(i, params)``; then every hidden unit of degree ``k`` is computed, from
-        the inputs and lower-layer units of degree at most ``k``, now all known. Same
-        result as ``D`` full passes, for about the arithmetic of one. Without gradients (it
-        writes its buffers in place).
+        ``solve(i, params, out)`` writes ``x_i`` into ``out`` ``(batch,)``; then every
+        hidden unit of degree ``k`` is computed, from the inputs and lower-layer units of
+        degree at most ``k``, now all known. Same result as ``D`` full passes, for about the
+        arithmetic of one. Without gradients (it writes its buffers in place).
+
+        Every buffer is ``(1 + rows, batch)``: a row of ones, then the units sorted by degree
+        (the first one also holds the context). The biases are the weight columns that meet
+        the ones, so each step is one ``mm`` into a block of rows, with no bias to broadcast.
 
         Args:
             context: ``(batch, context_dim)``, or None for an unconditional MADE.
-            solve: ``(feature index, params (batch, P)) -> x_i (batch,)``.
+            solve: ``(feature index, params (P, batch), out (batch,)) -> None``.
             like: a tensor whose batch size, dtype and device ``x`` takes.
 
         Returns:
             ``x`` ``(batch, D)``.
         """
-        features, per = self.features, self.params_per_feature
+        features, per, batch = self.features, self.params_per_feature, like.shape[0]
         order = self.degrees.argsort()  # the feature of degree k is order[k - 1]
-        # Buffers are (units, batch): the units of one degree are a contiguous block of rows,
-        # which each step writes with one addmm and one in-place activation.
-        x = like.new_zeros(features, like.shape[0])  # rows by degree
-        steps = []  # per hidden layer: sorted weights, bias (units, 1 or batch), unit ends
-        previous = order  # the sorted columns of the layer's input
-        for i, layer in enumerate(self.hidden):
+        lead = 1 + (0 if context is None else self.context_dim)  # ones (and context) rows
+        x = like.new_empty(lead + features, batch)  # ones, context, features by degree
+        x[0] = 1
+        if context is not None:
+            x[1:lead] = context.T
+        # The first layer's columns, as its buffer's rows: the bias (after the weights of the
+        # features and the context), the context, the features by degree.
+        inputs = features + self.context_dim
+        columns = torch.cat((order.new_tensor([inputs]), torch.arange(features, inputs), order))
+        if context is None:
+            columns = torch.cat((columns[:1], order))
+        buffers, steps = [x], []  # per hidden layer: weights [bias | sorted inputs], unit ends
+        arange = torch.arange(features + 1, device=order.device)
+        for layer in self.hidden:
             units = layer.unit_degrees.argsort(stable=True)
-            weight = (layer.weight * layer.mask)[units]
-            bias = layer.bias[units, None]
-            if i == 0 and context is not None:
-                bias = bias + weight[:, features:] @ context.T
-            arange = torch.arange(features + 1, device=units.device)
+            weight = torch.cat((layer.weight * layer.mask, layer.bias[:, None]), dim=1)
             ends = torch.searchsorted(layer.unit_degrees[units], arange, right=True).tolist()
-            steps.append((weight[:, previous], bias, ends))
-            previous = units
-        output = (self.output.weight * self.output.mask)[:, previous]
-        output_bias = self.output.bias[:, None]
-        hidden = [x.new_empty(len(weight), x.shape[1]) for weight, _, _ in steps]
+            steps.append((weight[units][:, columns], ends))
+            columns = torch.cat((units.new_tensor([len(units)]), units))
+            buffers.append(x.new_empty(1 + len(units), batch))
+            buffers[-1][0] = 1
+        output = torch.cat((self.output.weight * self.output.mask, self.output.bias[:, None]), 1)
+        output = output[:, columns].view(features, per, -1)
+        activations = [
+            torch.relu_ if isinstance(a, nn.ReLU) else _in_place(a) for a in self.activations
+        ]
 
         def units_of_degree(k: int) -> None:
-            known = k  # inputs of degree <= k: the first k rows of x
-            for i, ((weight, bias, ends), activation) in enumerate(
-                zip(steps, self.activations, strict=True)
+            known = lead + k  # the ones, the context and the inputs of degree <= k
+            for i, ((weight, ends), activation) in enumerate(
+                zip(steps, activations, strict=True)
             ):
-                start, end = ends[k - 1] if k else 0, ends[k]
+                start, end = 1 + (ends[k - 1] if k else 0), 1 + ends[k]
                 if end > start:
-                    inputs = x if i == 0 else hidden[i - 1]
-                    block = hidden[i][start:end]
-                    torch.addmm(
-                        bias[start:end], weight[start:end, :known], inputs[:known], out=block
-                    )
-                    if getattr(activation, "inplace", False):
-                        activation(block)
-                    else:
-                        block.copy_(activation(block))
+                    block = buffers[i + 1][start:end]
+                    torch.mm(weight[start - 1 : end - 1, :known], buffers[i][:known], out=block)
+                    activation(block)
                     if self.residual and i > 0:
-                        block.add_(hidden[i - 1][start:end])
+                        block.add_(buffers[i][start:end])
                 known = end
 
         units_of_degree(0)  # units that see only the context
-        for k in range(1, features + 1):
-            feature = int(order[k - 1])
-            known = steps[-1][2][k - 1]
-            rows = slice(feature * per, (feature + 1) * per)
-            params = torch.addmm(output_bias[rows], output[rows, :known], hidden[-1][:known])
-            x[k - 1] = solve(feature, params.T)
+        last = buffers[-1]
+        for k, feature in enumerate(order.tolist(), start=1):
+            known = 1 + steps[-1][1][k - 1]
+            solve(feature, output[feature, :, :known] @ last[:known], x[lead + k - 1])
             if k < features:
                 units_of_degree(k)
-        return x[self.degrees - 1].T
+        return x[lead:][self.degrees - 1].T
+
+
+def _in_place(activation: nn.Module) -> Callable[[Tensor], None]:
+    """``block <- activation(block)``, in place where the module can do it."""
+    if getattr(activation, "inplace", False):
+        return activation
+
+    def apply(block: Tensor) -> None:
+        block.copy_(activation(block))
+
+    return apply

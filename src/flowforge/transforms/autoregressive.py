@@ -92,16 +92,22 @@ class Autoregressive(Transform):
         """The inverse by :meth:`MADE.autoregress`: each hidden unit computed once."""
         if self.context_dim:
             context = check_context(context, z.shape[0], self.context_dim)
-        logdets = []
+        logdets: list[Tensor] = []
         columns = z.T.contiguous()
 
-        def solve(feature: int, params: Tensor) -> Tensor:
-            x_i, logdet = self.untransform_part(columns[feature, :, None], params[:, None])
-            logdets.append(logdet)
-            return x_i[:, 0]
+        def solve(feature: int, params: Tensor, out: Tensor) -> None:
+            logdets.append(self.untransform_feature(columns[feature], params, out))
 
         x = self.made.autoregress(context if self.context_dim else None, solve, z)
         return x, torch.stack(logdets).sum(0)
+
+    def untransform_feature(self, z_i: Tensor, params: Tensor, out: Tensor) -> Tensor:
+        """One feature of :meth:`untransform_part`: ``x_i`` written into ``out`` ``(batch,)``
+        from ``z_i`` ``(batch,)`` and its parameters ``(P, batch)`` (which it may overwrite);
+        returns ``log|dx_i/dz_i|`` ``(batch,)``."""
+        x_i, logdet = self.untransform_part(z_i[:, None], params.T[:, None])
+        out.copy_(x_i[:, 0])
+        return logdet
 
     @abstractmethod
     def transform_part(self, x: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
@@ -135,6 +141,12 @@ class AffineAutoregressive(Autoregressive):
 
     def untransform_part(self, z: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         return bounded_affine(z, *params.unbind(-1), self.scale_bound, inverse=True)
+
+    def untransform_feature(self, z_i: Tensor, params: Tensor, out: Tensor) -> Tensor:
+        raw_scale, shift = params
+        log_scale = raw_scale.div_(self.scale_bound).tanh_().mul_(self.scale_bound)
+        torch.sub(z_i, shift, out=out).mul_(torch.exp(-log_scale))
+        return log_scale.neg_()
 
     def extra_repr(self) -> str:
         return f"features={self.features}, scale_bound={self.scale_bound}"
