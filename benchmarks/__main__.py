@@ -1,6 +1,7 @@
 """Speed of one training step and one sampling call, flowforge beside nflows, normflows, zuko.
 
     python -m benchmarks [--cases A B C D E F] [--rounds 20] [--threads 2] [--out FILE]
+    python -m benchmarks --report [--out FILE]   # the summary table of an earlier run
 
 For each case every library's model is built to the same architecture (peers.py; the
 parameter counts are printed), then one Adam training step (loss, backward, fused Adam) of
@@ -87,6 +88,45 @@ def run_case(case: str, args: argparse.Namespace) -> dict:
     return result
 
 
+def summary(results: dict) -> str:
+    """One markdown table of every case: flowforge's median (± half the IQR) and each peer's
+    median with its ratio to flowforge's (above 1: flowforge is faster)."""
+    libraries = list(
+        dict.fromkeys(row["library"] for case in results["cases"] for row in case["train"])
+    )
+    peers_ = [lib for lib in libraries if lib != "flowforge"]
+    lines = [
+        "| case | | flowforge ms (± IQR/2) | " + " | ".join(peers_) + " |",
+        "|---|---|---|" + "---|" * len(peers_),
+    ]
+    for case in results["cases"]:
+        for kind, label in (("train", "training step"), ("sample", "sampling")):
+            rows = {row["library"]: row for row in case[kind]}
+            ours = rows["flowforge"]
+            cells = [f"{1e3 * ours['median_s']:.2f} ± {5e2 * (ours['q3_s'] - ours['q1_s']):.2f}"]
+            for lib in peers_:
+                row = rows.get(lib)
+                cells.append(
+                    "—"
+                    if row is None
+                    else f"{1e3 * row['median_s']:.2f} ({row['median_s'] / ours['median_s']:.2f}x)"
+                )
+            title = f"{case['case']}. {case['title']}" if kind == "train" else ""
+            lines.append(f"| {title} | {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", nargs="+", default=list(flowforge_models.CASES))
@@ -96,10 +136,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results.json"))
+    parser.add_argument(
+        "--report", action="store_true", help="print the summary table of --out and exit"
+    )
     args = parser.parse_args()
+    if args.report:
+        print(summary(json.loads(args.out.read_text())))
+        return
     torch.set_num_threads(args.threads)
     machine = {
         "cpu": platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -108,6 +155,7 @@ def main() -> None:
     results = [run_case(case, args) for case in args.cases]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"machine": machine, "cases": results}, indent=1))
+    print("\n" + summary({"machine": machine, "cases": results}))
     print(f"\nwrote {args.out}")
 
 

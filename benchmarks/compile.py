@@ -11,7 +11,8 @@ For each case and each library (flowforge, then every installed peer, each model
 ``flowforge_models.build`` / ``peers.build`` as in ``python -m benchmarks``): the eager step
 and the compiled step (``torch.compile`` with default options), all of them timed in the
 same interleaved rounds after warm-up (``harness.interleaved``); the first compiled call's
-time (the compilation); the graph breaks that ``torch._dynamo.explain`` finds; and the
+time (the compilation, after one tiny warm-up compilation has paid the process's one-time
+costs); the graph breaks that ``torch._dynamo.explain`` finds; and the
 number of steps after which compiling has paid for itself,
 ``compile time / (eager - compiled)``. flowforge's compiled function is ``flow.log_prob``
 (``flow.validate_args = False``), the opt-in path its README describes; a peer's is its
@@ -123,6 +124,16 @@ def run_case(case: str, libraries: list[str], rounds: int, warmup: int, seed: in
     return list(records.values())
 
 
+def warm_up_the_compiler() -> None:
+    """Compile and run one tiny training step first, so that the one-time costs of a
+    process's first compilation (importing inductor, starting its workers) are not charged
+    to whichever library happens to be compiled first."""
+    layer = torch.nn.Linear(4, 4)
+    loss = torch.compile(lambda x: layer(x).square().mean())
+    loss(torch.randn(8, 4)).backward()
+    torch._dynamo.reset()
+
+
 def row(r: dict) -> str:
     if "compiled_ms" not in r:
         breaks = r.get("graph_breaks", "")
@@ -161,6 +172,7 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|---|---|")
     results = []
+    warm_up_the_compiler()
     for case in args.cases:
         records = run_case(case, libraries, args.rounds, args.warmup, args.seed)
         results += records

@@ -507,6 +507,21 @@ def _zuko_scaling(log_scale: Tensor) -> object:
     return AffineTransform(0.0, log_scale.exp(), event_dim=1)
 
 
+def _zuko_half_couplings(dim: int, layers: int, hidden: tuple, **transform: object) -> nn.Module:
+    """A zuko flow of ``GeneralCouplingTransform`` layers on flowforge's half masks (layer
+    ``i`` keeps the first half when ``i`` is even) over a standard normal base."""
+    from zuko.distributions import DiagNormal
+    from zuko.flows import Flow, GeneralCouplingTransform
+    from zuko.lazy import UnconditionalDistribution
+
+    steps = [
+        GeneralCouplingTransform(dim, mask=_kept_half(dim, i), hidden_features=hidden, **transform)
+        for i in range(layers)
+    ]
+    base = UnconditionalDistribution(DiagNormal, torch.zeros(dim), torch.ones(dim), buffer=True)
+    return Flow(steps, base)
+
+
 def _zuko(case: str, dim: int | None = None) -> Subject:
     import zuko
 
@@ -527,21 +542,9 @@ def _zuko(case: str, dim: int | None = None) -> Subject:
             "s / (1 + |s|/3) (MonotonicAffineTransform, slope e^-3), not 3 tanh(s/3)"
         )
     elif case == "A":  # beyond 2-D, zuko.flows.RealNVP's odd/even masks are not the halves
-        from zuko.distributions import DiagNormal
-        from zuko.flows import Flow, GeneralCouplingTransform
-        from zuko.lazy import UnconditionalDistribution
-
-        steps = [
-            GeneralCouplingTransform(
-                dim,
-                mask=_kept_half(dim, i),
-                univariate=_zuko_affine(),
-                hidden_features=REALNVP["hidden"],
-            )
-            for i in range(REALNVP["layers"])
-        ]
-        base = UnconditionalDistribution(DiagNormal, torch.zeros(dim), torch.ones(dim), buffer=True)
-        flow = Flow(steps, base)
+        flow = _zuko_half_couplings(
+            dim, REALNVP["layers"], REALNVP["hidden"], univariate=_zuko_affine()
+        )
         note = (
             "GeneralCouplingTransform with flowforge's half masks, as zuko.flows.RealNVP builds "
             "it but for the masks (zuko's alternate odd/even features); affine log-scale "
@@ -582,24 +585,16 @@ def _zuko(case: str, dim: int | None = None) -> Subject:
             "reverse permutation); affine log-scale s / (1 + |s|/3), not 3 tanh(s/3)"
         )
     else:
-        from zuko.distributions import DiagNormal
-        from zuko.flows import Flow, GeneralCouplingTransform
-        from zuko.lazy import UnconditionalDistribution
         from zuko.transforms import MonotonicRQSTransform
 
         dim, bins = _size(dim, NSF), NSF["bins"]
-        steps = [
-            GeneralCouplingTransform(
-                dim,
-                mask=_kept_half(dim, i),
-                univariate=partial(MonotonicRQSTransform, bound=NSF["tail_bound"]),
-                shapes=((bins,), (bins,), (bins - 1,)),
-                hidden_features=NSF["hidden"],
-            )
-            for i in range(NSF["layers"])
-        ]
-        base = UnconditionalDistribution(DiagNormal, torch.zeros(dim), torch.ones(dim), buffer=True)
-        flow = Flow(steps, base)
+        flow = _zuko_half_couplings(
+            dim,
+            NSF["layers"],
+            NSF["hidden"],
+            univariate=partial(MonotonicRQSTransform, bound=NSF["tail_bound"]),
+            shapes=((bins,), (bins,), (bins - 1,)),
+        )
         note = (
             "GeneralCouplingTransform with MonotonicRQSTransform (zuko.flows.NSF(passes=2) "
             "would mask a full-width MLP instead of splitting)"

@@ -185,3 +185,11 @@ def test_conditional_made_feeds_the_context_to_every_output():
         lambda c: made(torch.cat((x, c))[None])[0], torch.randn(2, dtype=torch.float64)
     )
     assert (jacobian.abs().amax((1, 2)) > 0).all()
+
+
+def test_autoregress_checks_the_context():
+    made = MADE(3, 2, (8, 8), context_dim=2)
+    with pytest.raises(ValueError, match="context of width 2, got none"):
+        made.autoregress(None, lambda i, params, out: out.zero_(), torch.zeros(4, 3))
+    with pytest.raises(ValueError, match="context of width 0"):
+        MADE(3, 2, (8, 8)).autoregress(torch.zeros(4, 2), lambda *_: None, torch.zeros(4, 3))

@@ -81,6 +81,8 @@ def test_conditioner_runs_once_per_call(coupling):
         (T.half_mask(6), True),
         (T.half_mask(6, keep_first=False), True),
         (T.odd_even_mask(7), True),
+        (T.odd_even_mask(8), True),  # interleaved halves: merged by one stack
+        (T.odd_even_mask(8, keep_even=False), True),
         (torch.tensor([1, 1, 0, 1, 0, 0], dtype=torch.bool), False),
     ],
 )

@@ -166,6 +166,11 @@ class MADE(nn.Module):
         Returns:
             ``x`` ``(batch, D)``.
         """
+        if (context is None) != (self.context_dim == 0):
+            raise ValueError(
+                f"this MADE takes a context of width {self.context_dim}, got "
+                f"{'none' if context is None else tuple(context.shape)}"
+            )
         features, per, batch = self.features, self.params_per_feature, like.shape[0]
         order = self.degrees.argsort()  # the feature of degree k is order[k - 1]
         lead = 1 + (0 if context is None else self.context_dim)  # ones (and context) rows
@@ -176,9 +181,8 @@ class MADE(nn.Module):
         # The first layer's columns, as its buffer's rows: the bias (after the weights of the
         # features and the context), the context, the features by degree.
         inputs = features + self.context_dim
-        columns = torch.cat((order.new_tensor([inputs]), torch.arange(features, inputs), order))
-        if context is None:
-            columns = torch.cat((columns[:1], order))
+        context_columns = torch.arange(features, inputs, device=order.device)
+        columns = torch.cat((order.new_tensor([inputs]), context_columns, order))
         buffers, steps = [x], []  # per hidden layer: weights [bias | sorted inputs], unit ends
         arange = torch.arange(features + 1, device=order.device)
         for layer in self.hidden:
@@ -197,9 +201,7 @@ class MADE(nn.Module):
 
         def units_of_degree(k: int) -> None:
             known = lead + k  # the ones, the context and the inputs of degree <= k
-            for i, ((weight, ends), activation) in enumerate(
-                zip(steps, activations, strict=True)
-            ):
+            for i, ((weight, ends), activation) in enumerate(zip(steps, activations, strict=True)):
                 start, end = 1 + (ends[k - 1] if k else 0), 1 + ends[k]
                 if end > start:
                     block = buffers[i + 1][start:end]

@@ -254,7 +254,8 @@ def maf(
     paper, or ``"random"``, seeded by ``seed``) between layers changes the ordering; with
     ``actnorm=True`` an :class:`ActNorm` precedes each layer (the data-initialised stand-in
     for the paper's batch normalisation). ``log_prob`` is one pass per layer; ``sample`` takes
-    ``dim`` passes per layer.
+    ``dim`` small steps per layer that compute each hidden unit once
+    (:meth:`~flowforge.made.MADE.autoregress`: about one pass of arithmetic).
 
     Conditional: ``context_dim > 0`` feeds a context ``(batch, context_dim)`` to every layer;
     ``embedding_dim`` first maps it by an MLP ``context_dim -> 64 -> embedding_dim`` trained
@@ -291,7 +292,8 @@ def iaf(
     t_i(z_{<i})`: the one-pass forward of an :class:`AffineAutoregressive` applied to the
     latent side (the flow's data -> latent transform holds their inverses), so
     ``sample_and_log_prob`` is one MADE pass per layer, the trade-off that variational
-    inference wants, and ``log_prob`` of given data takes ``dim`` passes per layer. Options as
+    inference wants, and ``log_prob`` of given data takes ``dim`` passes per layer
+    (without gradients, ``dim`` small steps that compute each hidden unit once). Options as
     in :func:`maf` (no ActNorm: its data initialisation needs data, which VI does not have).
     ``base="diag-normal"`` gives a learnable Gaussian base. Shapes ``(batch, dim)``.
     """

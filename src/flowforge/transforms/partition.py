@@ -63,9 +63,14 @@ class Partition(nn.Module):
         self.changed_features = len(changed)
         self._kept = _as_slice(kept)
         self._changed = _as_slice(changed)
-        # Merging: a concatenation when A is a prefix or a suffix, else a gather.
+        # Merging: a concatenation when A is a prefix or a suffix, a stack when A and B
+        # interleave, else a gather.
         self._kept_prefix = kept == list(range(len(kept)))
         self._kept_suffix = changed == list(range(len(changed)))
+        # Interleaved halves (odd-even masks of an even width): a merge is one stack.
+        even, odd = list(range(0, self.dim, 2)), list(range(1, self.dim, 2))
+        self._kept_even = kept == even and changed == odd and self.dim % 2 == 0
+        self._kept_odd = kept == odd and changed == even and self.dim % 2 == 0
         order = torch.tensor(kept + changed)
         self.register_buffer("_split_index", order, persistent=False)
         self.register_buffer("_merge_index", torch.argsort(order), persistent=False)
@@ -90,6 +95,10 @@ class Partition(nn.Module):
             return torch.cat((kept, changed), dim=-1)
         if self._kept_suffix:
             return torch.cat((changed, kept), dim=-1)
+        if self._kept_even:  # one copy; its backward is two strided views
+            return torch.stack((kept, changed), dim=-1).flatten(-2)
+        if self._kept_odd:
+            return torch.stack((changed, kept), dim=-1).flatten(-2)
         return torch.cat((kept, changed), dim=-1).index_select(-1, self._merge_index)
 
     def extra_repr(self) -> str:
