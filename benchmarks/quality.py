@@ -266,6 +266,8 @@ def report(records: list[dict], at_best: bool) -> str:
                     else errors[0]
                 )
                 cells[library] = (mean, spread)
+        if not cells:
+            continue
         best = min(mean for mean, _ in cells.values())
         seeds = max(len(runs) for runs in by_library.values())
         row_cells = []
