@@ -19,8 +19,20 @@ CASES = {
 }
 
 
-def build(case: str) -> Subject:
-    """flowforge's subject for ``case``."""
+def vector_flow(case: str, dim: int) -> ff.Flow:
+    """The architecture of case A (Real NVP), C (MAF) or D (NSF) for ``dim``-D vectors."""
+    if case == "A":
+        return ff.models.realnvp(dim, layers=8, hidden=(64, 64))
+    if case == "C":
+        return ff.models.maf(dim, layers=5, hidden=(256, 256))
+    if case == "D":
+        return ff.models.nsf(dim, layers=4, bins=8, tail_bound=5.0, hidden=(128, 128))
+    raise ValueError(f"case {case!r} is not a vector flow; expected A, C or D")
+
+
+def build(case: str, dim: int | None = None) -> Subject:
+    """flowforge's subject for ``case``; for A, C and D at ``dim`` if given (the quality
+    benchmark's models), else at the case's own dimension."""
     if case == "E":
         flow = ff.models.planar(2, 32, base="diag-normal")
         target = ff.targets.get("u1")
@@ -30,13 +42,12 @@ def build(case: str) -> Subject:
             return (log_q - target.log_prob(z)).mean()
 
     else:
-        flow = {
-            "A": lambda: ff.models.realnvp(2, layers=8, hidden=(64, 64)),
-            "B": lambda: ff.models.nice(784, layers=4, hidden=(1000,) * 5),
-            "C": lambda: ff.models.maf(64, layers=5, hidden=(256, 256)),
-            "D": lambda: ff.models.nsf(16, layers=4, bins=8, tail_bound=5.0, hidden=(128, 128)),
-            "F": lambda: ff.models.glow((1, 32, 32), levels=3, steps=8, channels=64),
-        }[case]()
+        if case == "B":
+            flow = ff.models.nice(784, layers=4, hidden=(1000,) * 5)
+        elif case == "F":
+            flow = ff.models.glow((1, 32, 32), levels=3, steps=8, channels=64)
+        else:
+            flow = vector_flow(case, CASES[case][1][1] if dim is None else dim)
         flow.validate_args = False  # the NaN check's synchronisation is not the model's work
 
         def loss(batch: torch.Tensor | None) -> torch.Tensor:

@@ -103,9 +103,9 @@ def build_model(library: str, family: str, dim: int) -> Subject:
     ``family`` is one of :data:`FAMILIES`: ``"realnvp"`` is case A's architecture, ``"maf"``
     case C's and ``"nsf"`` case D's, built by the same code as :func:`build` but at ``dim``
     (so ``build_model(library, "maf", 64)`` is ``build(library, "C")``). ``library`` may
-    also be ``"flowforge"``: ``ff.models.realnvp`` / ``maf`` / ``nsf`` with the same
-    arguments as ``flowforge_models.build``. The coupling families need an even ``dim``
-    (the libraries split an odd one differently). ``Subject.case`` is the case letter.
+    also be ``"flowforge"``: ``flowforge_models.build(case, dim)``. The coupling families
+    need an even ``dim`` (the libraries split an odd one differently). ``Subject.case`` is
+    the case letter.
     """
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; expected one of {', '.join(FAMILIES)}")
@@ -114,7 +114,9 @@ def build_model(library: str, family: str, dim: int) -> Subject:
     if family != "maf" and dim % 2:
         raise ValueError(f"{family} needs an even dim (the halves of every library agree)")
     if library == "flowforge":
-        return _flowforge(family, dim)
+        from . import flowforge_models
+
+        return flowforge_models.build(FAMILIES[family], dim)
     _check_library(library)
     return _BUILDERS[library](FAMILIES[family], dim)
 
@@ -127,29 +129,6 @@ def log_prob(subject: Subject, x: Tensor) -> Tensor:
     if subject.library == "zuko":
         return module().log_prob(x)
     return module.log_prob(x)
-
-
-def _flowforge(family: str, dim: int) -> Subject:
-    import flowforge as ff
-
-    if family == "realnvp":
-        flow = ff.models.realnvp(dim, layers=REALNVP["layers"], hidden=REALNVP["hidden"])
-    elif family == "maf":
-        flow = ff.models.maf(dim, layers=MAF["layers"], hidden=MAF["hidden"])
-    else:
-        flow = ff.models.nsf(
-            dim,
-            layers=NSF["layers"],
-            bins=NSF["bins"],
-            tail_bound=NSF["tail_bound"],
-            hidden=NSF["hidden"],
-        )
-    flow.validate_args = False  # as flowforge_models.build: no NaN check's synchronisation
-
-    def loss(batch: Tensor | None) -> Tensor:
-        return -flow.log_prob(batch).mean()
-
-    return _subject("flowforge", FAMILIES[family], flow, loss, flow.sample, "")
 
 
 def _size(dim: int | None, architecture: dict) -> int:

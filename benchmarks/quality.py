@@ -4,7 +4,8 @@ then its test NLL.
 
     OMP_NUM_THREADS=1 python -m benchmarks.quality [--models realnvp maf nsf] \\
         [--data two-moons 8gaussians checkerboard digits] [--epochs N] [--batch-size B] \\
-        [--libraries flowforge nflows normflows zuko pyro] [--threads 1]
+        [--libraries flowforge nflows normflows zuko pyro] [--seeds 0 1 2] [--threads 1]
+    python -m benchmarks.quality --report   # the tables of benchmarks/quality.json
 
 The architecture families (``peers.build_model``, at the data's dimension): ``realnvp`` is
 case A's (8 affine couplings with MLP conditioners 2x64, half masks), ``maf`` case C's (5
@@ -27,23 +28,25 @@ digits, the dequantisation noise of each batch, as ``flowforge.training.fit`` do
   Batches of 128, 200 epochs (2,000 steps). Test NLL in nats on [0, 1]^64 and in bits/dim,
   ``(NLL + 64 log 17) / (64 log 2)``.
 
-The validation NLL is computed after every epoch; the table also gives the epoch of the best
-one and the test NLL there (no weights are restored: the main number is the test NLL at the
-end of the fixed budget), and marks a model that overfits: its validation NLL, averaged
-over the last tenth of the epochs, is more than two standard errors above its best such
-average and above the training NLL (each epoch's mean batch loss) averaged alike; a single
-noisy epoch at the constant learning rate does not count. The per-epoch training and
-validation NLL are in the JSON records (``curves``). ``minutes`` is the wall-clock time of
-the training loop with the validations and the test (one thread: run with
-``OMP_NUM_THREADS=1``; the script also calls ``torch.set_num_threads(--threads)``). The
-parameter count of each model is printed per family and dimension: the peers match
-flowforge's exactly (``peers.build_model``).
+The validation NLL is computed after every epoch; the table also gives the epoch of the
+best one and the test NLL there (the checkpoint ``ff.fit`` keeps by default; no weights are
+restored, so the record holds both that and the test NLL at the end of the budget), and
+marks a model that overfits: its validation NLL, averaged over the last tenth of the
+epochs, is more than two standard errors above its best such average and above the
+training NLL (each epoch's mean batch loss) averaged alike; a single noisy epoch at the
+constant learning rate does not count. The per-epoch training and validation NLL are in
+the JSON records (``curves``). ``minutes`` is the wall-clock time of the training loop with
+the validations and the test (one thread: run with ``OMP_NUM_THREADS=1``; the script also
+calls ``torch.set_num_threads(--threads)``). The parameter count of each model is printed
+per family and dimension: the peers match flowforge's exactly (``peers.build_model``).
 A loss that becomes NaN or infinite stops that model's training; its record says so.
 
 Results are merged into ``benchmarks/quality.json`` (a list of records with ``data``,
 ``model``, ``library``, ``nll``, ``se``, ``seconds``, ``parameters``, ``gap`` for the toys,
-``bits_per_dim`` for the digits, ...): a record replaces the one of the same data, model and
-library; records of the first version of this script (Real NVP only) get ``model: realnvp``.
+``bits_per_dim`` for the digits, ...): a record replaces the one of the same data, model,
+library and seed; records of the first version of this script (Real NVP only) get ``model:
+realnvp`` and ``seed: 0``. ``--seeds 0 1 2`` trains every model once per seed; ``--report``
+prints the tables of the JSON (mean and standard error over seeds) without training.
 
 Two peers' models have a *density ceiling* (a property of the libraries' parametrisation,
 not of this construction; see peers.py's docstring): nflows' Real NVP (its affine coupling's
@@ -193,11 +196,9 @@ def merge(path: Path, results: list[dict]) -> list[dict]:
     old = json.loads(path.read_text()) if path.exists() else []
     for record in old:
         record.setdefault("model", "realnvp")
+        record.setdefault("seed", 0)
         if "curves" not in record:  # made before the curves were kept: not assessed
             record.pop("overfits", None)
-
-    for record in old:
-        record.setdefault("seed", 0)
 
     def key(r: dict) -> tuple:
         return r["data"], r["model"], r["library"], r["seed"]

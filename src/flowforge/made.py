@@ -195,9 +195,7 @@ class MADE(nn.Module):
             buffers[-1][0] = 1
         output = torch.cat((self.output.weight * self.output.mask, self.output.bias[:, None]), 1)
         output = output[:, columns].view(features, per, -1)
-        activations = [
-            torch.relu_ if isinstance(a, nn.ReLU) else _in_place(a) for a in self.activations
-        ]
+        activations = [_in_place(a) for a in self.activations]
 
         def units_of_degree(k: int) -> None:
             known = lead + k  # the ones, the context and the inputs of degree <= k
@@ -222,7 +220,10 @@ class MADE(nn.Module):
 
 
 def _in_place(activation: nn.Module) -> Callable[[Tensor], None]:
-    """``block <- activation(block)``, in place where the module can do it."""
+    """``block <- activation(block)``, in place where the module can do it (a ReLU without
+    the module call's overhead: it runs once per degree and layer)."""
+    if isinstance(activation, nn.ReLU):
+        return torch.relu_
     if getattr(activation, "inplace", False):
         return activation
 
