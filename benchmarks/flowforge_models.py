@@ -19,20 +19,24 @@ CASES = {
 }
 
 
-def vector_flow(case: str, dim: int) -> ff.Flow:
-    """The architecture of case A (Real NVP), C (MAF) or D (NSF) for ``dim``-D vectors."""
+def vector_flow(case: str, dim: int, **options) -> ff.Flow:
+    """The architecture of case A (Real NVP), C (MAF) or D (NSF) for ``dim``-D vectors;
+    ``options`` go to the model's builder (``scale_bound=1.0``, say)."""
     if case == "A":
-        return ff.models.realnvp(dim, layers=8, hidden=(64, 64))
+        return ff.models.realnvp(dim, layers=8, hidden=(64, 64), **options)
     if case == "C":
-        return ff.models.maf(dim, layers=5, hidden=(256, 256))
+        return ff.models.maf(dim, layers=5, hidden=(256, 256), **options)
     if case == "D":
-        return ff.models.nsf(dim, layers=4, bins=8, tail_bound=5.0, hidden=(128, 128))
+        return ff.models.nsf(dim, layers=4, bins=8, tail_bound=5.0, hidden=(128, 128), **options)
     raise ValueError(f"case {case!r} is not a vector flow; expected A, C or D")
 
 
-def build(case: str, dim: int | None = None) -> Subject:
+def build(case: str, dim: int | None = None, **options) -> Subject:
     """flowforge's subject for ``case``; for A, C and D at ``dim`` if given (the quality
-    benchmark's models), else at the case's own dimension."""
+    benchmark's models), else at the case's own dimension, with ``options`` for
+    :func:`vector_flow`."""
+    if options and case not in ("A", "C", "D"):
+        raise ValueError(f"options are for the vector flows A, C and D, not case {case!r}")
     if case == "E":
         flow = ff.models.planar(2, 32, base="diag-normal")
         target = ff.targets.get("u1")
@@ -47,7 +51,7 @@ def build(case: str, dim: int | None = None) -> Subject:
         elif case == "F":
             flow = ff.models.glow((1, 32, 32), levels=3, steps=8, channels=64)
         else:
-            flow = vector_flow(case, CASES[case][1][1] if dim is None else dim)
+            flow = vector_flow(case, CASES[case][1][1] if dim is None else dim, **options)
         flow.validate_args = False  # the NaN check's synchronisation is not the model's work
 
         def loss(batch: torch.Tensor | None) -> torch.Tensor:

@@ -235,7 +235,8 @@ def report(records: list[dict], at_best: bool) -> str:
     """A markdown table, data and model by library: the test NLL (nats; bits/dim for the
     digits) at the end of the budget or, ``at_best``, at the best validation epoch. With
     several seeds, the mean and the standard error over seeds; with one, the test-set
-    standard error. The best mean of a row is bold."""
+    standard error. The best mean of a row is bold. Rows: the toys by family, then the
+    digits by family."""
     libraries = list(dict.fromkeys(r["library"] for r in records))
     groups: dict[tuple[str, str], dict[str, list[dict]]] = {}
     for r in records:
@@ -244,7 +245,18 @@ def report(records: list[dict], at_best: bool) -> str:
         "| data | model | seeds | " + " | ".join(libraries) + " |",
         "|---|---|---|" + "---|" * len(libraries),
     ]
-    for (data, model), by_library in groups.items():
+    data_order, model_order = list(BUDGET), list(FAMILIES)
+
+    def position(group: tuple[str, str]) -> tuple:
+        """The toys by family, then the digits by family; unknown names last, as met."""
+        data, model = group
+        return (
+            data == "digits",
+            model_order.index(model) if model in model_order else len(model_order),
+            data_order.index(data) if data in data_order else len(data_order),
+        )
+
+    for (data, model), by_library in sorted(groups.items(), key=lambda g: position(g[0])):
         cells: dict[str, tuple[float, float]] = {}
         for library, runs in by_library.items():
             values, errors = [], []

@@ -1,16 +1,21 @@
 """The benchmark reports: the quality tables (benchmarks/quality.py) and the speed summary
-(benchmarks/__main__.py), on made-up records."""
+(benchmarks/__main__.py), on made-up records; the block-triangular products of
+benchmarks/masked_matmul.py against the dense ones."""
 
 import importlib
 import math
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # benchmarks/ is a folder of the repository, not installed
     sys.path.insert(0, str(ROOT))
 quality = importlib.import_module("benchmarks.quality")
 speed = importlib.import_module("benchmarks.__main__")
+masked_matmul = importlib.import_module("benchmarks.masked_matmul")
 
 
 def record(library, nll, seed=0, data="two-moons", **extra):
@@ -55,6 +60,24 @@ def test_quality_report_gives_discrete_data_in_bits_per_dim():
     row = cells(quality.report(records, at_best=True), 0)
     assert row[0] == "digits (bits/dim)"
     assert row[3:] == [f"**2.400 ± {0.02 * per_nat:.3f}**", f"2.600 ± {0.02 * per_nat:.3f}"]
+
+
+def test_quality_report_lists_the_toys_by_family_then_the_digits():
+    digits = dict(data="digits", bpd_se=0.001, bits_per_dim=2.5, bits_per_dim_at_best=2.4)
+    records = [
+        record("flowforge", 10.0, **digits),
+        record("flowforge", 2.0, data="checkerboard", model="nsf"),
+        record("flowforge", 2.0, data="checkerboard"),
+        record("flowforge", 1.0, data="two-moons", model="realnvp"),
+    ]
+    table = quality.report(records, at_best=False)
+    rows = [cells(table, i)[:2] for i in range(4)]
+    assert rows == [
+        ["two-moons", "realnvp"],
+        ["checkerboard", "maf"],
+        ["checkerboard", "nsf"],
+        ["digits (bits/dim)", "maf"],
+    ]
 
 
 def test_quality_merge_replaces_the_same_run_and_keeps_the_others(tmp_path):
@@ -107,3 +130,55 @@ def test_speed_summary_gives_medians_and_ratios():
     assert cells(table, 0) == ["A. Real NVP", "training step", "4.00 ± 0.05", "6.00 (1.50x)", "—"]
     assert cells(table, 1) == ["", "sampling", "2.00 ± 0.05", "1.00 (0.50x)", "—"]
     assert cells(table, 2)[3:] == ["—", "20.00 (2.00x)"]
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4, 8])
+def test_block_triangular_products_equal_the_dense_ones(k):
+    torch.manual_seed(0)
+    for mask in masked_matmul.case_c_masks():
+        out, inp = mask.shape
+        weight = torch.randn(out, inp, dtype=torch.float64) * mask
+        h = torch.randn(inp, 7, dtype=torch.float64)
+        g = torch.randn(out, 7, dtype=torch.float64)
+        dense = masked_matmul.products(mask, None, weight, h, g)
+        dense = {name: product().clone() for name, product in dense.items()}
+        blocked = masked_matmul.products(mask, k, weight, h, g)
+        torch.testing.assert_close(blocked["forward"](), dense["forward"])
+        torch.testing.assert_close(blocked["input grad"](), dense["input grad"])
+        torch.testing.assert_close(blocked["weight grad"]() * mask, dense["weight grad"] * mask)
+
+
+def test_scale_bound_report_averages_seeds_per_bound():
+    scale_bound = importlib.import_module("benchmarks.scale_bound")
+
+    def run(data, bound, seed, end, best, epoch, **extra):
+        nll = (
+            {"bits_per_dim": end, "bits_per_dim_at_best": best}
+            if data == "digits"
+            else {"nll": end, "nll_at_best": best}
+        )
+        common = dict(model="maf", train_nll=-100.0, overfits=epoch < 80, **extra)
+        return dict(common, data=data, scale_bound=bound, seed=seed, best_epoch=epoch, **nll)
+
+    records = [
+        run("digits", 3.0, 0, 4.0, 2.5, 70, epochs=200),
+        run("digits", 3.0, 1, 3.0, 2.4, 70, epochs=200),
+        run("digits", 1.0, 0, 2.9, 2.45, 60, epochs=200),
+        run("checkerboard", 1.0, 0, 2.25, 2.24, 90, epochs=100),
+    ]
+    lines = scale_bound.report(records).splitlines()
+    assert len(lines) == 5
+    assert lines[2].startswith("| checkerboard | maf | 1 | 1 | 2.250 | 2.240 | 90/100 ")
+    # the larger bound first; two seeds: mean ± standard error (stdev / sqrt 2 = 0.5)
+    assert lines[3].startswith("| digits (bits/dim) | maf | 3 | 2 | 3.500 ± 0.500 | 2.450 ± 0.050")
+    assert lines[3].endswith("| 2/2 |")
+    assert lines[4].startswith("| digits (bits/dim) | maf | 1 | 1 | 2.900 | 2.450 | 60/200 ")
+
+
+def test_flowforge_benchmark_models_take_builder_options():
+    flowforge_models = importlib.import_module("benchmarks.flowforge_models")
+    subject = flowforge_models.build("C", 8, scale_bound=1.0)
+    bounds = {m.scale_bound for m in subject.module.modules() if hasattr(m, "scale_bound")}
+    assert bounds == {1.0}
+    with pytest.raises(ValueError, match="not case 'B'"):
+        flowforge_models.build("B", scale_bound=1.0)
