@@ -1,4 +1,5 @@
-"""Why flowforge's MAF overfits the digits: its affine layers' log-scale bound.
+"""Why flowforge's MAF overfits the digits: its affine layers' log-scale bound (and, with
+``--init random``, whether its identity initialisation matters).
 
 Every affine layer of flowforge bounds its log-scale, ``s = B tanh(s_hat / B)`` (``B = 3``
 by default: one layer scales by at most e^3 = 20). This ablation trains flowforge's models
@@ -10,7 +11,11 @@ the best validation epoch, the training NLL of the last epoch and how many seeds
     OMP_NUM_THREADS=1 python -m benchmarks.scale_bound [--models maf realnvp] \\
         [--bounds 3 1 0.5] [--seeds 0 1 2] [--data digits checkerboard ...]
 
-The records (the quality benchmark's, with ``scale_bound``) go to
+``--init random`` re-draws the last layer of every conditioner (MADE or MLP) with PyTorch's
+default initialisation instead of flowforge's zeros, so that every layer starts as a random
+affine map rather than the identity (the peers' starting point).
+
+The records (the quality benchmark's, with ``scale_bound`` and ``init``) go to
 ``benchmarks/scale_bound.json``; ``--report`` prints its table without training.
 """
 
@@ -25,8 +30,20 @@ from pathlib import Path
 
 import torch
 
+from flowforge.made import MADE
+from flowforge.nn import MLP
+
 from . import flowforge_models, quality
 from .peers import FAMILIES
+
+
+def randomise_last_layers(flow: torch.nn.Module) -> None:
+    """Re-draw the zero-initialised last layer of every MADE and MLP conditioner."""
+    for module in flow.modules():
+        if isinstance(module, MADE):
+            module.output.reset_parameters()
+        elif isinstance(module, MLP):
+            module[-1].reset_parameters()
 
 
 def mean_se(values: list[float]) -> str:
@@ -47,20 +64,22 @@ def test_nll(r: dict, at_best: bool) -> float | None:
 def report(records: list[dict]) -> str:
     """One row per data, model and bound: means over the seeds."""
     lines = [
-        "| data | model | scale bound B | seeds | test NLL at the end | at the best epoch "
+        "| data | model | scale bound B | init | seeds | test NLL at the end | at the best epoch "
         "| best epoch | training NLL (nats) | overfits |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     groups: dict[tuple, list[dict]] = {}
     for r in records:
-        groups.setdefault((r["data"], r["model"], r["scale_bound"]), []).append(r)
-    for (data, model, bound), rs in sorted(groups.items(), key=lambda g: (g[0][:2], -g[0][2])):
+        key = (r["data"], r["model"], r["scale_bound"], r.get("init", "identity"))
+        groups.setdefault(key, []).append(r)
+    order = sorted(groups.items(), key=lambda g: (g[0][:2], -g[0][2], g[0][3] != "identity"))
+    for (data, model, bound, init), rs in order:
         rs = [r for r in rs if test_nll(r, False) is not None and r["best_epoch"]]
         if not rs:
             continue
         unit = " (bits/dim)" if "bits_per_dim" in rs[0] else ""
         lines.append(
-            f"| {data}{unit} | {model} | {bound:g} | {len(rs)} "
+            f"| {data}{unit} | {model} | {bound:g} | {init} | {len(rs)} "
             f"| {mean_se([test_nll(r, False) for r in rs])} "
             f"| {mean_se([test_nll(r, True) for r in rs])} "
             f"| {statistics.fmean(r['best_epoch'] for r in rs):.0f}/{rs[0]['epochs']} "
@@ -70,12 +89,18 @@ def report(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def identity(r: dict) -> tuple:
+    """What a record is a run of: a newer run of the same replaces it."""
+    return r["data"], r["model"], r["scale_bound"], r.get("init", "identity"), r["seed"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["maf"], choices=["maf", "realnvp"])
     parser.add_argument("--bounds", nargs="+", type=float, default=[3.0, 1.0, 0.5])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--data", nargs="+", default=["digits"], choices=list(quality.BUDGET))
+    parser.add_argument("--init", default="identity", choices=["identity", "random"])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/scale_bound.json"))
     parser.add_argument("--report", action="store_true", help="print the table of --out")
@@ -94,28 +119,26 @@ def main() -> None:
                 subject = flowforge_models.build(
                     FAMILIES[family], data.train.dim, scale_bound=bound
                 )
+                if args.init == "random":
+                    randomise_last_layers(subject.module)
                 r = {
                     "data": name,
                     "model": family,
                     "scale_bound": bound,
+                    "init": args.init,
                     "seed": seed,
                     **quality.train_and_test(subject, data, epochs, batch_size, seed),
                 }
                 r.pop("curves")
                 print(
-                    f"{name} {family} B={bound:g} seed {seed}: test NLL "
+                    f"{name} {family} B={bound:g} {args.init} init, seed {seed}: test NLL "
                     f"{quality.number(test_nll(r, False))} at the end, "
                     f"{quality.number(test_nll(r, True))} at "
                     f"epoch {r['best_epoch']}"
                     + (f", diverged: {r['diverged']}" * bool(r["diverged"])),
                     flush=True,
                 )
-                key = (r["data"], r["model"], r["scale_bound"], r["seed"])
-                records = [
-                    old
-                    for old in records
-                    if (old["data"], old["model"], old["scale_bound"], old["seed"]) != key
-                ]
+                records = [old for old in records if identity(old) != identity(r)]
                 records.append(r)
                 args.out.write_text(json.dumps(records, indent=1))
     print("\n" + report(records))

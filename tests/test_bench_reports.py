@@ -165,14 +165,18 @@ def test_scale_bound_report_averages_seeds_per_bound():
         run("digits", 3.0, 1, 3.0, 2.4, 70, epochs=200),
         run("digits", 1.0, 0, 2.9, 2.45, 60, epochs=200),
         run("checkerboard", 1.0, 0, 2.25, 2.24, 90, epochs=100),
+        run("checkerboard", 1.0, 0, 2.35, 2.34, 95, epochs=100, init="random"),
     ]
     lines = scale_bound.report(records).splitlines()
-    assert len(lines) == 5
-    assert lines[2].startswith("| checkerboard | maf | 1 | 1 | 2.250 | 2.240 | 90/100 ")
+    assert len(lines) == 6
+    # records without an init are of the identity initialisation, listed first
+    assert lines[2].startswith("| checkerboard | maf | 1 | identity | 1 | 2.250 | 2.240 | 90/100 ")
+    assert lines[3].startswith("| checkerboard | maf | 1 | random | 1 | 2.350 | 2.340 | 95/100 ")
     # the larger bound first; two seeds: mean ± standard error (stdev / sqrt 2 = 0.5)
-    assert lines[3].startswith("| digits (bits/dim) | maf | 3 | 2 | 3.500 ± 0.500 | 2.450 ± 0.050")
-    assert lines[3].endswith("| 2/2 |")
-    assert lines[4].startswith("| digits (bits/dim) | maf | 1 | 1 | 2.900 | 2.450 | 60/200 ")
+    digits = "| digits (bits/dim) | maf |"
+    assert lines[4].startswith(f"{digits} 3 | identity | 2 | 3.500 ± 0.500 | 2.450 ± 0.050")
+    assert lines[4].endswith("| 2/2 |")
+    assert lines[5].startswith(f"{digits} 1 | identity | 1 | 2.900 | 2.450 | 60/200 ")
 
 
 def test_flowforge_benchmark_models_take_builder_options():
@@ -182,3 +186,15 @@ def test_flowforge_benchmark_models_take_builder_options():
     assert bounds == {1.0}
     with pytest.raises(ValueError, match="not case 'B'"):
         flowforge_models.build("B", scale_bound=1.0)
+
+
+def test_random_init_redraws_the_zero_last_layers():
+    scale_bound = importlib.import_module("benchmarks.scale_bound")
+    flowforge_models = importlib.import_module("benchmarks.flowforge_models")
+    for case in ("A", "C"):
+        flow = flowforge_models.build(case, 4).module
+        x = torch.randn(8, 4)
+        # identity at initialisation: the density is the base's
+        torch.testing.assert_close(flow.log_prob(x), flow.base.log_prob(x))
+        scale_bound.randomise_last_layers(flow)
+        assert not torch.allclose(flow.log_prob(x), flow.base.log_prob(x))
