@@ -231,6 +231,15 @@ def row(r: dict) -> str:
     )
 
 
+def seed_mean(values: list[float]) -> tuple[float, float | None]:
+    """The mean over seeds and its standard error (None for a single seed)."""
+    n = len(values)
+    mean = sum(values) / n
+    if n == 1:
+        return mean, None
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
+
+
 def report(records: list[dict], at_best: bool) -> str:
     """A markdown table, data and model by library: the test NLL (nats; bits/dim for the
     digits) at the end of the budget or, ``at_best``, at the best validation epoch. With
@@ -271,14 +280,8 @@ def report(records: list[dict], at_best: bool) -> str:
                 values.append(nll)
                 errors.append(se)
             if values:
-                n = len(values)
-                mean = sum(values) / n
-                spread = (
-                    math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
-                    if n > 1
-                    else errors[0]
-                )
-                cells[library] = (mean, spread)
+                mean, spread = seed_mean(values)
+                cells[library] = (mean, errors[0] if spread is None else spread)
         if not cells:
             continue
         best = min(mean for mean, _ in cells.values())

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import math
 import statistics
 from pathlib import Path
 
@@ -48,10 +47,8 @@ def randomise_last_layers(flow: torch.nn.Module) -> None:
 
 def mean_se(values: list[float]) -> str:
     """``mean ± standard error`` over seeds (no error for one seed)."""
-    if len(values) == 1:
-        return f"{values[0]:.3f}"
-    se = statistics.stdev(values) / math.sqrt(len(values))
-    return f"{statistics.fmean(values):.3f} ± {se:.3f}"
+    mean, se = quality.seed_mean(values)
+    return f"{mean:.3f}" if se is None else f"{mean:.3f} ± {se:.3f}"
 
 
 def test_nll(r: dict, at_best: bool) -> float | None:
@@ -89,7 +86,7 @@ def report(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def identity(r: dict) -> tuple:
+def run_key(r: dict) -> tuple:
     """What a record is a run of: a newer run of the same replaces it."""
     return r["data"], r["model"], r["scale_bound"], r.get("init", "identity"), r["seed"]
 
@@ -138,7 +135,7 @@ def main() -> None:
                     + (f", diverged: {r['diverged']}" * bool(r["diverged"])),
                     flush=True,
                 )
-                records = [old for old in records if identity(old) != identity(r)]
+                records = [old for old in records if run_key(old) != run_key(r)]
                 records.append(r)
                 args.out.write_text(json.dumps(records, indent=1))
     print("\n" + report(records))
