@@ -3,6 +3,7 @@
 benchmarks/masked_matmul.py against the dense ones."""
 
 import importlib
+import json
 import math
 import sys
 from pathlib import Path
@@ -157,7 +158,7 @@ def test_scale_bound_report_averages_seeds_per_bound():
             if data == "digits"
             else {"nll": end, "nll_at_best": best}
         )
-        common = dict(model="maf", train_nll=-100.0, overfits=epoch < 80, **extra)
+        common = dict(train_nll=-100.0, overfits=epoch < 80, **{"model": "maf", **extra})
         return dict(common, data=data, scale_bound=bound, seed=seed, best_epoch=epoch, **nll)
 
     records = [
@@ -166,17 +167,20 @@ def test_scale_bound_report_averages_seeds_per_bound():
         run("digits", 1.0, 0, 2.9, 2.45, 60, epochs=200),
         run("checkerboard", 1.0, 0, 2.25, 2.24, 90, epochs=100),
         run("checkerboard", 1.0, 0, 2.35, 2.34, 95, epochs=100, init="random"),
+        run("checkerboard", None, 0, 2.17, 2.16, 94, epochs=100, init="random", model="nsf"),
     ]
     lines = scale_bound.report(records).splitlines()
-    assert len(lines) == 6
+    assert len(lines) == 7
     # records without an init are of the identity initialisation, listed first
     assert lines[2].startswith("| checkerboard | maf | 1 | identity | 1 | 2.250 | 2.240 | 90/100 ")
     assert lines[3].startswith("| checkerboard | maf | 1 | random | 1 | 2.350 | 2.340 | 95/100 ")
+    # a spline has no scale bound
+    assert lines[4].startswith("| checkerboard | nsf | - | random | 1 | 2.170 | 2.160 | 94/100 ")
     # the larger bound first; two seeds: mean ± standard error (stdev / sqrt 2 = 0.5)
     digits = "| digits (bits/dim) | maf |"
-    assert lines[4].startswith(f"{digits} 3 | identity | 2 | 3.500 ± 0.500 | 2.450 ± 0.050")
-    assert lines[4].endswith("| 2/2 |")
-    assert lines[5].startswith(f"{digits} 1 | identity | 1 | 2.900 | 2.450 | 60/200 ")
+    assert lines[5].startswith(f"{digits} 3 | identity | 2 | 3.500 ± 0.500 | 2.450 ± 0.050")
+    assert lines[5].endswith("| 2/2 |")
+    assert lines[6].startswith(f"{digits} 1 | identity | 1 | 2.900 | 2.450 | 60/200 ")
 
 
 def test_flowforge_benchmark_models_take_builder_options():
@@ -191,10 +195,62 @@ def test_flowforge_benchmark_models_take_builder_options():
 def test_random_init_redraws_the_zero_last_layers():
     scale_bound = importlib.import_module("benchmarks.scale_bound")
     flowforge_models = importlib.import_module("benchmarks.flowforge_models")
-    for case in ("A", "C"):
+    for case in ("A", "C", "D"):
         flow = flowforge_models.build(case, 4).module
         x = torch.randn(8, 4)
         # identity at initialisation: the density is the base's
         torch.testing.assert_close(flow.log_prob(x), flow.base.log_prob(x))
         scale_bound.randomise_last_layers(flow)
         assert not torch.allclose(flow.log_prob(x), flow.base.log_prob(x))
+
+
+def test_scale_bound_report_takes_the_default_rows_from_the_quality_runs(tmp_path):
+    scale_bound = importlib.import_module("benchmarks.scale_bound")
+    common = dict(data="two-moons", epochs=100, train_nll=1.0, overfits=False, best_epoch=90)
+    quality_runs = [
+        dict(common, library="flowforge", model="maf", seed=0, nll=1.08, nll_at_best=1.06),
+        dict(common, library="flowforge", model="nsf", seed=0, nll=1.07, nll_at_best=1.05),
+        dict(common, library="zuko", model="maf", seed=0, nll=1.00, nll_at_best=1.00),
+    ]
+    path = tmp_path / "quality.json"
+    path.write_text(json.dumps(quality_runs))
+    defaults = scale_bound.default_runs([path, tmp_path / "missing.json"])
+    # flowforge's runs only, at the default bound (none for a spline) and the identity start
+    assert sorted((r["model"], r["scale_bound"], r["init"]) for r in defaults) == [
+        ("maf", 3.0, "identity"),
+        ("nsf", None, "identity"),
+    ]
+    # the ablation's own run of a default configuration is kept over the quality run's
+    own = dict(defaults[0], nll=1.5)
+    records = scale_bound.with_defaults([own], defaults)
+    assert len(records) == 2 and records[0]["nll"] == 1.5
+    lines = scale_bound.report(records).splitlines()
+    assert lines[2].startswith("| two-moons | maf | 3 | identity | 1 | 1.500 | 1.060 |")
+    assert lines[3].startswith("| two-moons | nsf | - | identity | 1 | 1.070 | 1.050 |")
+
+
+def test_softplus_scale_is_nflows_map_and_inverts():
+    scale_bound = importlib.import_module("benchmarks.scale_bound")
+    flowforge_models = importlib.import_module("benchmarks.flowforge_models")
+    torch.manual_seed(0)
+    flow = flowforge_models.build("C", 3).module.double()
+    scale_bound.randomise_last_layers(flow)
+    scale_bound.use_softplus_scale(flow)
+    x = torch.randn(16, 3, dtype=torch.float64)
+    z, logdet = flow.transform(x)
+    with torch.no_grad():  # the one-pass inverse
+        back, inverse_logdet = flow.transform.inverse(z)
+    torch.testing.assert_close(back, x)
+    torch.testing.assert_close(inverse_logdet, -logdet)
+    # at zero parameters every layer scales by softplus(0) + 1e-3: log-det 5 * 3 * log of it
+    for p in flow.parameters():
+        torch.nn.init.zeros_(p)
+    _, logdet = flow.transform(x)
+    expected = 15 * math.log(math.log(2) + 1e-3)
+    torch.testing.assert_close(logdet, torch.full_like(logdet, expected))
+    with pytest.raises(ValueError, match="for the MAF"):
+        scale_bound.use_softplus_scale(flowforge_models.build("A", 2).module)
+    record = dict(scale_bound=None, scale="softplus")
+    assert scale_bound.bound_label(record) == "softplus"
+    assert scale_bound.bound_label(dict(scale_bound=None)) == "-"
+    assert scale_bound.bound_label(dict(scale_bound=3.0)) == "3"
