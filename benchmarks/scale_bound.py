@@ -20,7 +20,7 @@ for that initialisation ablation. ``--scale softplus`` (MAF only) replaces the b
 above: its rows show ``softplus`` for the bound), to see whether that parametrisation is
 what puts nflows' MAF ahead on two moons.
 
-The records (the quality benchmark's, with ``scale_bound`` and ``init``) go to
+The records (the quality benchmark's, with ``scale_bound``, ``init`` and ``scale``) go to
 ``benchmarks/scale_bound.json``; ``--report`` prints its table without training, with
 flowforge's runs of the quality benchmark (``--defaults``: ``benchmarks/quality.json`` and
 ``benchmarks/quality_ten_seeds.json``) as the rows of the defaults, ``B = 3`` and the
