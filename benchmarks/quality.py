@@ -231,6 +231,14 @@ def row(r: dict) -> str:
     )
 
 
+def test_nll(r: dict, at_best: bool) -> float | None:
+    """A record's test NLL at the end of the budget or, ``at_best``, at the best validation
+    epoch: in bits/dim for discrete data, else in nats; None if there is none."""
+    if "bits_per_dim" in r:
+        return r.get("bits_per_dim_at_best") if at_best else r["bits_per_dim"]
+    return r["nll_at_best"] if at_best else r["nll"]
+
+
 def seed_mean(values: list[float]) -> tuple[float, float | None]:
     """The mean over seeds and its standard error (None for a single seed)."""
     n = len(values)
@@ -270,13 +278,12 @@ def report(records: list[dict], at_best: bool) -> str:
         for library, runs in by_library.items():
             values, errors = [], []
             for r in runs:
-                nll, se = (r["nll_at_best"], r["se_at_best"]) if at_best else (r["nll"], r["se"])
+                nll = test_nll(r, at_best)
                 if nll is None:
                     continue
+                se = r["se_at_best"] if at_best else r["se"]
                 if "bits_per_dim" in r:  # discrete data: bits/dim of the quantised levels
-                    per_nat = r["bpd_se"] / r["se"]  # 1 / (D log 2)
-                    nll = r["bits_per_dim_at_best"] if at_best else r["bits_per_dim"]
-                    se *= per_nat
+                    se *= r["bpd_se"] / r["se"]  # 1 / (D log 2)
                 values.append(nll)
                 errors.append(se)
             if values:

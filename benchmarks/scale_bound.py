@@ -96,13 +96,6 @@ def mean_se(values: list[float]) -> str:
     return f"{mean:.3f}" if se is None else f"{mean:.3f} ± {se:.3f}"
 
 
-def test_nll(r: dict, at_best: bool) -> float | None:
-    """The record's test NLL, in bits/dim for discrete data, else in nats."""
-    if "bits_per_dim" in r:
-        return r["bits_per_dim_at_best"] if at_best else r["bits_per_dim"]
-    return r["nll_at_best"] if at_best else r["nll"]
-
-
 def report(records: list[dict]) -> str:
     """One row per data, model and bound: means over the seeds."""
     lines = [
@@ -118,15 +111,15 @@ def report(records: list[dict]) -> str:
         groups.items(), key=lambda g: (g[0][:2], -(g[0][2] or 0), g[0][4], g[0][3] != "identity")
     )
     for (data, model, _, init, _), rs in order:
-        rs = [r for r in rs if test_nll(r, False) is not None and r["best_epoch"]]
+        rs = [r for r in rs if quality.test_nll(r, False) is not None and r["best_epoch"]]
         if not rs:
             continue
         unit = " (bits/dim)" if "bits_per_dim" in rs[0] else ""
         lines.append(
             f"| {data}{unit} | {model} | {bound_label(rs[0])} | {init} "
             f"| {len(rs)} "
-            f"| {mean_se([test_nll(r, False) for r in rs])} "
-            f"| {mean_se([test_nll(r, True) for r in rs])} "
+            f"| {mean_se([quality.test_nll(r, False) for r in rs])} "
+            f"| {mean_se([quality.test_nll(r, True) for r in rs])} "
             f"| {statistics.fmean(r['best_epoch'] for r in rs):.0f}/{rs[0]['epochs']} "
             f"| {statistics.fmean(r['train_nll'] for r in rs):.2f} "
             f"| {sum(bool(r['overfits']) for r in rs)}/{len(rs)} |"
@@ -209,8 +202,8 @@ def main() -> None:
                 print(
                     f"{name} {family} B={bound} {args.scale} scale, {args.init} init, "
                     f"seed {seed}: test NLL "
-                    f"{quality.number(test_nll(r, False))} at the end, "
-                    f"{quality.number(test_nll(r, True))} at "
+                    f"{quality.number(quality.test_nll(r, False))} at the end, "
+                    f"{quality.number(quality.test_nll(r, True))} at "
                     f"epoch {r['best_epoch']}"
                     + (f", diverged: {r['diverged']}" * bool(r["diverged"])),
                     flush=True,
