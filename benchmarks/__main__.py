@@ -26,16 +26,7 @@ from .harness import interleaved, matmul, sampling_call, training_step
 
 
 def subjects(case: str, libraries: list[str]) -> list:
-    built = [flowforge_models.build(case)]
-    for library in libraries:
-        if not peers.available(library):
-            print(f"- {library}: not installed, skipped (pip install -e '.[bench]')")
-            continue
-        try:
-            built.append(peers.build(library, case))
-        except NotImplementedError as reason:
-            print(f"- {library}: no case {case}: {reason}")
-    return built
+    return [flowforge_models.build(case), *peers.build_installed(case, libraries)]
 
 
 def table(rows: list[dict], what: str) -> str:

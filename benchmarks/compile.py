@@ -159,12 +159,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/compile.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    libraries = ["flowforge"]
-    for library in args.libraries:
-        if peers.available(library):
-            libraries.append(library)
-        else:
-            print(f"- {library}: not installed, skipped (pip install -e '.[bench]')")
+    libraries = ["flowforge", *peers.installed(args.libraries)]
     print(f"{torch.get_num_threads()} threads, {args.rounds} rounds after {args.warmup}")
     print(
         "| case | library | graph breaks | compile s | eager ms | compiled ms | speed-up | "

@@ -124,14 +124,8 @@ def run_case(case: str, args: argparse.Namespace) -> dict:
         "products": replay(products),
         "adam": adam_alone(flowforge_models.build(case).module),
     }
-    for library in args.libraries:
-        if not peers.available(library):
-            print(f"- {library}: not installed, skipped (pip install -e '.[bench]')")
-            continue
-        try:
-            calls[library] = training_step(peers.build(library, case), batch)
-        except NotImplementedError as reason:
-            print(f"- {library}: no case {case}: {reason}")
+    for peer in peers.build_installed(case, args.libraries):
+        calls[peer.library] = training_step(peer, batch)
     mm, mm_flops = matmul()
     calls["matmul"] = mm
     timings = interleaved(calls, args.rounds, args.warmup)

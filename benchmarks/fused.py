@@ -293,10 +293,8 @@ def main() -> None:
             "eager": training_step(flowforge_models.build(case), batch),
             "fused": training_step(fused_subject(case), batch),
         }
-        if peers.available("normflows"):
+        if peers.installed(["normflows"]):
             calls["normflows"] = training_step(peers.build("normflows", case), batch)
-        else:
-            print("- normflows: not installed, skipped (pip install -e '.[bench]')")
         timings = interleaved(calls, args.rounds, args.warmup)
         ms = {name: t.median * 1e3 for name, t in timings.items()}
         peer = ms.get("normflows")

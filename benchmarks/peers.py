@@ -88,6 +88,29 @@ def available(library: str) -> bool:
     return True
 
 
+def installed(libraries: list[str]) -> list[str]:
+    """The ``libraries`` that can be imported; prints a line for each that cannot."""
+    found = []
+    for library in libraries:
+        if available(library):
+            found.append(library)
+        else:
+            print(f"- {library}: not installed, skipped (pip install -e '.[bench]')")
+    return found
+
+
+def build_installed(case: str, libraries: list[str]) -> list[Subject]:
+    """The subjects of ``case`` of the installed ``libraries`` that can build it; prints a
+    line for each that is skipped."""
+    built = []
+    for library in installed(libraries):
+        try:
+            built.append(build(library, case))
+        except NotImplementedError as reason:
+            print(f"- {library}: no case {case}: {reason}")
+    return built
+
+
 def build(library: str, case: str) -> Subject:
     """``library``'s model for benchmark ``case`` ("A".."F"); NotImplementedError if the
     library has no meaningful counterpart of the case."""

@@ -254,3 +254,10 @@ def test_softplus_scale_is_nflows_map_and_inverts():
     assert scale_bound.bound_label(record) == "softplus"
     assert scale_bound.bound_label(dict(scale_bound=None)) == "-"
     assert scale_bound.bound_label(dict(scale_bound=3.0)) == "3"
+
+
+def test_missing_peers_are_skipped_with_a_line(monkeypatch, capsys):
+    peers = importlib.import_module("benchmarks.peers")
+    monkeypatch.setattr(peers, "available", lambda library: library != "nflows")
+    assert peers.installed(["nflows", "zuko"]) == ["zuko"]
+    assert "- nflows: not installed, skipped" in capsys.readouterr().out
