@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import signal
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 import yaml
 
-from . import __version__, models
+from . import __version__, interrupts, models
 from .made import MADE
 from .nn import MLP, ConvResNet
+from .training import DivergenceError
 
 
 def demo(seed: int = 0) -> None:
@@ -150,6 +149,24 @@ def _add_fit(commands) -> None:
     options.add_argument("--weight-decay", type=float)
     options.add_argument("--schedule", choices=["cosine", "plateau"])
     options.add_argument("--patience", type=int, help="early stopping on validation NLL")
+    options.add_argument(
+        "--checkpoint-every",
+        type=int,
+        metavar="STEPS",
+        help="also checkpoint every STEPS steps inside an epoch (default: at epoch ends)",
+    )
+    options.add_argument(
+        "--divergence-threshold",
+        type=float,
+        metavar="SPREADS",
+        help="a loss this many spreads above the running loss is a divergence (default 10)",
+    )
+    options.add_argument(
+        "--rollbacks",
+        type=int,
+        help="rollbacks to the last good state, each halving the learning rate, before a "
+        "divergence stops the run (default 5)",
+    )
     options.add_argument("--tensorboard", help="TensorBoard log directory")
 
 
@@ -258,25 +275,6 @@ def _list() -> None:
         print(f"  {name:<14} {summary.replace('``', '')}")
 
 
-@contextmanager
-def _signals_stop_training() -> Iterator[None]:
-    """While training, SIGTERM (batch schedulers, ``kill``) and SIGINT (also in background
-    jobs, which start with it ignored) stop it the way Ctrl-C does: the best weights are
-    saved. The previous handlers come back afterwards."""
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    for s in previous:
-        signal.signal(s, interrupt)
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-
-
 def _train(args: argparse.Namespace) -> None:
     """``flowforge fit`` and ``flowforge vi``."""
     from . import runs
@@ -308,8 +306,7 @@ def _run(args: argparse.Namespace) -> None:
     from . import runs
 
     if args.command in ("fit", "vi"):
-        with _signals_stop_training():
-            _train(args)
+        _train(args)
     elif args.command == "diagnose":
         print(runs.diagnose_run(args.run, n=args.n, seed=args.seed))
     elif args.command == "eval":
@@ -368,15 +365,61 @@ def vi_config_keys() -> list[str]:
     return list(VI_DEFAULTS)
 
 
+EXIT_INTERNAL = 1  # an unexpected error (a bug): one line, the traceback with --debug
+EXIT_ERROR = 2  # bad input: one line saying what is wrong and what was expected
+EXIT_DIVERGED = 3  # training diverged beyond recovery; the last good weights are saved
+# a signal: 128 + its number (130 for SIGINT, 143 for SIGTERM), what was done is saved
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
+    """Run the ``flowforge`` command; return its exit status (see ``EXIT_*`` above)."""
+    with interrupts.handling(hard_exit=True):
+        try:
+            args = build_parser().parse_args(argv)
+        except interrupts.Interrupted as stop:
+            return stop.exit_code
+        if args.command is None:
+            build_parser().print_help()
+            return 0
+        return _main(args)
+
+
+def _main(args: argparse.Namespace) -> int:
+    prefix = f"flowforge {args.command}"
+    debug = getattr(args, "debug", False)
     try:
         _run(args)
-    except (ValueError, FileNotFoundError, FloatingPointError) as error:
-        print(f"flowforge {args.command}: error: {error}", file=sys.stderr)
-        return 2
+    except interrupts.Interrupted as stop:
+        print(f"{prefix}: stopped by {stop.name}{_saved(stop)}", file=sys.stderr)
+        return stop.exit_code
+    except DivergenceError as error:
+        if debug:
+            raise
+        print(f"{prefix}: error: {error}", file=sys.stderr)
+        return EXIT_DIVERGED
+    except (ValueError, TypeError, OSError, ImportError, FloatingPointError) as error:
+        if debug:
+            raise
+        print(f"{prefix}: error: {_one_line(error)}", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as error:
+        if debug:
+            raise
+        print(
+            f"{prefix}: internal error: {type(error).__name__}: {_one_line(error)} "
+            "(run again with --debug for the traceback, and please report it)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
     return 0
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 400 else text[:397] + "..."
+
+
+def _saved(stop: interrupts.Interrupted) -> str:
+    """What an interrupted command left behind, if it said (``stop.saved``)."""
+    saved = getattr(stop, "saved", None)
+    return f"; {saved}" if saved else ""

@@ -28,6 +28,9 @@ DEFAULTS: dict[str, Any] = {
     "schedule": "cosine",
     "clip": None,
     "patience": None,
+    "checkpoint_every": None,  # steps between checkpoints inside an epoch (None: epoch ends)
+    "divergence_threshold": 10.0,  # a step's loss this many spreads above the running loss
+    "rollbacks": 5,  # rollbacks (with a halved learning rate) before a divergence stops a run
     "device": "cpu",
     "dtype": "float32",
     "layers": None,  # None: the model builder's default
@@ -161,6 +164,15 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "schedule": (lambda v: v in (None, "cosine", "plateau"), "cosine, plateau or null"),
     "clip": (_optional(lambda v: (_number(v) or 0) > 0), "a positive number or null"),
     "patience": (_optional(_positive_int), "a positive integer or null"),
+    "checkpoint_every": (_optional(_positive_int), "a positive number of steps or null"),
+    "divergence_threshold": (
+        _optional(lambda v: (_number(v) or 0) > 0),
+        "a positive number or null (no check for an exploding loss)",
+    ),
+    "rollbacks": (
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+        "an integer >= 0",
+    ),
     "device": (lambda v: isinstance(v, str), "a torch device such as cpu or cuda"),
     "dtype": (lambda v: v in ("float32", "float64"), "float32 or float64"),
     "layers": (_optional(_positive_int), "a positive integer or null"),
@@ -181,7 +193,7 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "steps": (_positive_int, "a positive integer"),
     "anneal": (_optional(lambda v: isinstance(v, int) and v >= 0), "a number of steps or null"),
 }
-FLOATS = ("lr", "weight_decay", "clip")
+FLOATS = ("lr", "weight_decay", "clip", "divergence_threshold")
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

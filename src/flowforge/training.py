@@ -26,6 +26,15 @@ from .io import CHECKPOINT, load_checkpoint, save_checkpoint
 SCHEDULES = ("cosine", "plateau")
 
 
+class DivergenceError(FloatingPointError):
+    """Training diverged and rolling back did not help; ``history`` holds what was done, and
+    the flow holds the last good weights."""
+
+    def __init__(self, message: str, history: History | None = None) -> None:
+        super().__init__(message)
+        self.history = history
+
+
 @dataclass
 class History:
     """What :func:`fit` did: one dict per epoch (``epoch``, ``train_nll``, ``val_nll``, ``lr``,
