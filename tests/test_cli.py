@@ -144,20 +144,23 @@ def test_image_data_reports_bits_per_dim_and_draws_sample_grids(tmp_path, capsys
 
 def test_sigterm_stops_a_background_fit_cleanly_and_keeps_the_model(tmp_path):
     """A scheduler's SIGTERM (or kill -INT of a background job) ends training like Ctrl-C:
-    exit 0 with the best weights saved, not a run directory without a model."""
+    the best weights saved, not a run directory without a model, and the shell's exit status
+    of a signal (128 + 15), so that a job script knows the run did not finish."""
     out = tmp_path / "run"
     command = [sys.executable, "-m", "flowforge", "fit", "--data", "two-moons", "--out", str(out)]
     command += ["--n", "2000", "--epochs", "100000", "--layers", "2", "--hidden", "8"]
-    process = subprocess.Popen([*command, "--no-progress", "--no-plots"], stdout=subprocess.PIPE)
+    process = subprocess.Popen(
+        [*command, "--no-progress", "--no-plots"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     metrics = out / "metrics.jsonl"
     deadline = time.monotonic() + 60
     while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
         assert time.monotonic() < deadline and process.poll() is None, "training did not start"
         time.sleep(0.2)
     process.terminate()
-    stdout, _ = process.communicate(timeout=60)
-    assert process.returncode == 0
-    assert b"interrupted at epoch" in stdout
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143
+    assert b"stopped by SIGTERM; interrupted by SIGTERM at epoch" in stderr
     assert (out / "model.safetensors").exists()
     flowforge.load(out).log_prob(torch.zeros(3, 2))
 
@@ -166,3 +169,18 @@ def test_training_commands_restore_the_signal_handlers(tmp_path):
     before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
     fit_tiny(tmp_path)
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+
+
+def test_fit_into_a_log_file_writes_one_short_line_per_epoch(tmp_path):
+    """Off a terminal (a log file, CI, nohup) there is no progress bar, whose carriage returns
+    would make one line of tens of thousands of characters: one line per epoch instead."""
+    out, log = tmp_path / "run", tmp_path / "log.txt"
+    command = [sys.executable, "-m", "flowforge", "fit", "--data", "two-moons", "--n", "3000"]
+    command += ["--epochs", "4", "--layers", "2", "--hidden", "8", "--out", str(out), "--no-plots"]
+    with log.open("w") as handle:
+        subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, check=True)
+    lines = log.read_text().splitlines()
+    assert [line.split()[1] for line in lines[:4]] == ["1/4", "2/4", "3/4", "4/4"]
+    assert lines[0].startswith("epoch 1/4  train ") and " val " in lines[0]
+    assert len(lines) == 5 and lines[-1].startswith("finished after 4 epochs")
+    assert max(len(line) for line in lines) <= 200 and "\r" not in log.read_text()

@@ -68,7 +68,7 @@ def test_context_shape_errors_are_one_line():
     x = torch.randn(4, 2, dtype=torch.float64)
     with pytest.raises(ValueError, match=r"context must have one row per sample, shape \(4, k\)"):
         flow.log_prob(x, torch.randn(3, 3, dtype=torch.float64))
-    with pytest.raises(ValueError, match="this layer is conditional"):
+    with pytest.raises(ValueError, match=r"this flow is conditional: expected context of shape"):
         flow.log_prob(x)
     with pytest.raises(ValueError, match=r"context must have shape \(m, k\)"):
         flow.sample(2, context=torch.randn(3, dtype=torch.float64))

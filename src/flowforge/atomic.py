@@ -27,6 +27,13 @@ TEMPORARY_MARK = ".tmp-"  # temporary names are ".{stem}.tmp-{random}{suffix}"
 _in_flight: set[Path] = set()
 
 
+def _default_mode() -> int:
+    """The mode ``open`` gives a new file here: ``0o666`` less the process's umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def _fsync_directory(directory: Path) -> None:
     """Flush a directory entry (a rename) to the disk, where the platform allows it."""
     try:
@@ -60,6 +67,9 @@ def replacing(path: str | Path) -> Iterator[Path]:
     os.close(handle)
     temporary = Path(name)
     _in_flight.add(temporary)
+    with contextlib.suppress(OSError):  # mkstemp makes it private (0600); give the usual mode
+        mode = path.stat().st_mode & 0o7777 if path.exists() else _default_mode()
+        os.chmod(temporary, mode)
     try:
         yield temporary
         with open(temporary, "rb+") as written:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import math
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -78,27 +80,98 @@ def _widths(text: str) -> list[int]:
     try:
         widths = [int(w) for w in text.split(",")]
     except ValueError:
+        widths = []
+    if not widths or min(widths) < 1:
         raise argparse.ArgumentTypeError(
-            f"expected comma-separated widths such as 64,64, got {text!r}"
-        ) from None
+            f"expected comma-separated positive widths such as 64,64, got {text!r}"
+        )
     return widths
 
 
 def _key_value(text: str) -> tuple[str, object]:
     key, sep, value = text.partition("=")
-    if not sep or not key:
+    if not sep or not key.strip():
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE such as levels=2, got {text!r}")
-    return key.replace("-", "_"), yaml.safe_load(value)
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        raise argparse.ArgumentTypeError(
+            f"the value of {text!r} is not valid YAML; expected a number, true/false, a word "
+            "or a list such as [64,64]"
+        ) from None
+    return key.strip().replace("-", "_"), parsed
+
+
+def _at_least(minimum: int):
+    """An argparse ``type``: an integer >= ``minimum`` (a clean usage error otherwise)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    return parse
+
+
+_positive = _at_least(1)
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(
+            f"expected a seed, an integer from 0 to 2**63 - 1, got {text!r}"
+        )
+    return value
+
+
+def _number(minimum: float = 0.0, strict: bool = False):
+    """An argparse ``type``: a finite float >= ``minimum`` (> it, with ``strict``)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < minimum or (strict and value == minimum):
+            bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
+            raise argparse.ArgumentTypeError(f"expected a finite number {bound}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _debug_parent() -> argparse.ArgumentParser:
+    """The options every sub-command has (``flowforge fit --debug ...``)."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--debug",
+        action="store_true",
+        help="on an error, show the full traceback instead of one line",
+    )
+    return parent
+
+
+def _add_command(commands, name: str, **kwargs) -> argparse.ArgumentParser:
+    return commands.add_parser(name, parents=[_debug_parent()], **kwargs)
 
 
 def _run_parser(commands, name: str, help: str, description: str, defaults: str):
     """A sub-command that writes a run directory, with the options that fit and vi share."""
-    parser = commands.add_parser(name, help=help, description=description)
+    parser = _add_command(commands, name, help=help, description=description)
     parser.add_argument("--out", required=True, help="run directory to write")
     parser.add_argument("--config", help="YAML file of options (keys as the flags, with _)")
     options = parser.add_argument_group(f"options (default: see flowforge.config.{defaults})")
     options.add_argument("--model", help="model name (flowforge list)")
-    options.add_argument("--layers", type=int)
+    options.add_argument("--layers", type=_positive)
     options.add_argument("--hidden", type=_widths, help="conditioner widths, e.g. 64,64")
     options.add_argument(
         "--model-arg",
@@ -108,10 +181,10 @@ def _run_parser(commands, name: str, help: str, description: str, defaults: str)
         metavar="KEY=VALUE",
         help="an argument of the model builder, e.g. --model-arg levels=2 (repeatable)",
     )
-    options.add_argument("--seed", type=int)
-    options.add_argument("--batch-size", type=int)
-    options.add_argument("--lr", type=float)
-    options.add_argument("--clip", type=float, help="gradient-norm clipping")
+    options.add_argument("--seed", type=_seed)
+    options.add_argument("--batch-size", type=_positive)
+    options.add_argument("--lr", type=_number(strict=True))
+    options.add_argument("--clip", type=_number(strict=True), help="gradient-norm clipping")
     options.add_argument("--device", help="cpu, cuda, cuda:1, ...")
     options.add_argument("--dtype", choices=["float32", "float64"])
     options.add_argument("--no-progress", dest="progress", action="store_const", const=False)
@@ -142,13 +215,13 @@ def _add_fit(commands) -> None:
     )
     options.add_argument(
         "--n",
-        type=int,
+        type=_positive,
         help="toy samples in all splits; MNIST/CIFAR-10 training limit; rows of a data file",
     )
-    options.add_argument("--epochs", type=int)
-    options.add_argument("--weight-decay", type=float)
+    options.add_argument("--epochs", type=_positive)
+    options.add_argument("--weight-decay", type=_number())
     options.add_argument("--schedule", choices=["cosine", "plateau"])
-    options.add_argument("--patience", type=int, help="early stopping on validation NLL")
+    options.add_argument("--patience", type=_positive, help="early stopping on validation NLL")
     options.add_argument(
         "--checkpoint-every",
         type=int,
@@ -180,17 +253,21 @@ def _add_vi(commands) -> None:
         defaults="VI_DEFAULTS",
     )
     options.add_argument("--target", help="target name (flowforge list) or module:function")
-    options.add_argument("--dim", type=int, help="dimension (module:function targets)")
+    options.add_argument("--dim", type=_positive, help="dimension (module:function targets)")
     options.add_argument("--base", help="normal, logistic or diag-normal (default)")
-    options.add_argument("--steps", type=int)
-    options.add_argument("--anneal", type=int, help="steps of annealing beta from 0.01 to 1")
+    options.add_argument("--steps", type=_positive)
+    options.add_argument(
+        "--anneal", type=_at_least(0), help="steps of annealing beta from 0.01 to 1"
+    )
     options.add_argument("--schedule", choices=["cosine"])
-    diagnose = commands.add_parser(
-        "diagnose", help="KL, ELBO, importance-sampled log Z, ESS and Pareto k-hat of a VI run"
+    diagnose = _add_command(
+        commands,
+        "diagnose",
+        help="KL, ELBO, importance-sampled log Z, ESS and Pareto k-hat of a VI run",
     )
     diagnose.add_argument("run", help="run directory of flowforge vi")
-    diagnose.add_argument("-n", type=int, default=100_000, help="samples (default 100000)")
-    diagnose.add_argument("--seed", type=int, default=0)
+    diagnose.add_argument("-n", type=_at_least(2), default=100_000, help="samples (default 100000)")
+    diagnose.add_argument("--seed", type=_seed, default=0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -202,17 +279,17 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_fit(commands)
     _add_vi(commands)
-    evaluate = commands.add_parser(
-        "eval", help="test NLL of a run beside a Gaussian baseline and the true entropy"
+    evaluate = _add_command(
+        commands, "eval", help="test NLL of a run beside a Gaussian baseline and the true entropy"
     )
     evaluate.add_argument("run", help="run directory")
     evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])
-    sample = commands.add_parser("sample", help="draw samples from a run into a .npy file")
+    sample = _add_command(commands, "sample", help="draw samples from a run into a .npy file")
     sample.add_argument("run", help="run directory")
-    sample.add_argument("-n", type=int, default=1000, help="number of samples (default 1000)")
+    sample.add_argument("-n", type=_positive, default=1000, help="number of samples (default 1000)")
     sample.add_argument("--out", required=True, help="output .npy file")
-    sample.add_argument("--temperature", type=float, default=1.0)
-    sample.add_argument("--seed", type=int, default=None)
+    sample.add_argument("--temperature", type=_number(), default=1.0)
+    sample.add_argument("--seed", type=_seed, default=None)
     given = sample.add_mutually_exclusive_group()
     given.add_argument(
         "--context",
@@ -223,10 +300,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--context-file",
         help="for a conditional run: a .npy or .csv file of m contexts (m, k); samples (m, n, D)",
     )
-    plot = commands.add_parser("plot", help="(re)draw a run's figures into RUN/plots")
+    plot = _add_command(commands, "plot", help="(re)draw a run's figures into RUN/plots")
     plot.add_argument("run", help="run directory")
-    plot.add_argument("--temperature", type=float, default=1.0, help="for image samples")
-    inpaint = commands.add_parser(
+    plot.add_argument("--temperature", type=_number(), default=1.0, help="for image samples")
+    inpaint = _add_command(
+        commands,
         "inpaint",
         help="fill masked pixels of test images by maximising the run's log-likelihood",
         description="MAP inpainting with a trained flow as the prior (NICE, section 5.2): the "
@@ -241,16 +319,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--mask", default="center", help="center, top, random50, or a .npy/.png mask file"
     )
     inpaint.add_argument("--out", required=True, help="directory to write")
-    inpaint.add_argument("--restarts", type=int, default=8)
-    inpaint.add_argument("--steps", type=int, default=1000)
-    inpaint.add_argument("--lr", type=float, default=0.1)
-    inpaint.add_argument("--seed", type=int, default=0)
+    inpaint.add_argument("--restarts", type=_positive, default=8)
+    inpaint.add_argument("--steps", type=_positive, default=1000)
+    inpaint.add_argument("--lr", type=_number(strict=True), default=0.1)
+    inpaint.add_argument("--seed", type=_seed, default=0)
     inpaint.add_argument("--no-baselines", dest="baselines", action="store_false")
-    commands.add_parser("list", help="the datasets and models, one line each")
-    run_demo = commands.add_parser(
-        "demo", help="build each model, print log-probs and sample statistics"
+    _add_command(commands, "list", help="the datasets and models, one line each")
+    run_demo = _add_command(
+        commands, "demo", help="build each model, print log-probs and sample statistics"
     )
-    run_demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    run_demo.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     return parser
 
 
@@ -284,6 +362,7 @@ def _train(args: argparse.Namespace) -> None:
     if args.command == "fit":
         keys = [k for k in config_keys() if hasattr(args, k)]
         config = runs.make_config(args.config, {k: getattr(args, k) for k in keys})
+        _check_training(config, args.out)
         _, history = runs.fit_run(config, args.out, resume=args.resume)
         last = history.epochs[-1] if history.epochs else {}
         print(
@@ -294,6 +373,7 @@ def _train(args: argparse.Namespace) -> None:
     else:
         keys = [k for k in vi_config_keys() if hasattr(args, k)]
         config = runs.make_vi_config(args.config, {k: getattr(args, k) for k in keys})
+        _check_training(config, args.out)
         _, history = runs.vi_run(config, args.out)
         last = history.records[-1] if history.records else {}
         print(
@@ -302,12 +382,65 @@ def _train(args: argparse.Namespace) -> None:
         )
 
 
+def _check_training(config: dict, out: str) -> None:
+    """Refuse, before anything is built or written, a run that would fail later: a device
+    this machine lacks, TensorBoard logging without tensorboard, an ``--out`` that cannot
+    be a directory. The device is stored resolved (``auto`` -> ``cpu`` or ``cuda``)."""
+    from . import devices
+
+    config["device"] = str(devices.resolve(config["device"]))
+    _check_directory(out, "--out")
+    if config.get("tensorboard") is not None:
+        _check_directory(config["tensorboard"], "--tensorboard")
+        try:
+            import torch.utils.tensorboard  # noqa: F401
+        except ImportError:
+            raise ImportError(
+                "--tensorboard needs the tensorboard package, which is not installed: "
+                "pip install 'flowforge[tensorboard]', or leave out --tensorboard"
+            ) from None
+
+
+def _check_directory(path: str | os.PathLike, option: str) -> None:
+    """``path`` is, or can be made, a directory: it is one, or its nearest existing
+    ancestor is a directory that can be written."""
+    path = Path(path)
+    if path.exists():
+        if not path.is_dir():
+            raise FileExistsError(f"{option} {path} exists and is not a directory")
+        return
+    _check_parent(path, option)
+
+
+def _check_parent(path: Path, option: str) -> None:
+    """The nearest existing ancestor of ``path`` is a writable directory."""
+    ancestor = path.absolute().parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise NotADirectoryError(
+            f"{option} {path}: {ancestor} is a file, not a directory, so nothing can be "
+            "written under it"
+        )
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise PermissionError(f"{option} {path}: the directory {ancestor} is not writable")
+
+
+def _check_sample_out(out: Path) -> None:
+    if out.is_dir():
+        raise IsADirectoryError(f"--out {out} is a directory; expected a .npy file to write")
+    if out.exists() and not out.is_file():
+        raise FileExistsError(f"--out {out} exists and is not a regular file")
+    _check_parent(out, "--out")
+
+
 def _run(args: argparse.Namespace) -> None:
-    from . import runs
+    from . import limits, runs
 
     if args.command in ("fit", "vi"):
         _train(args)
     elif args.command == "diagnose":
+        limits.check_elements(args.n, f"the log-weights of {args.n:,} draws (diagnose -n)")
         print(runs.diagnose_run(args.run, n=args.n, seed=args.seed))
     elif args.command == "eval":
         print(runs.format_evaluation(runs.evaluate_run(args.run, args.split)))
@@ -317,8 +450,9 @@ def _run(args: argparse.Namespace) -> None:
             context = runs.parse_context(args.context)
         elif args.context_file is not None:
             context = runs.read_context_file(args.context_file)
-        samples = runs.sample_run(args.run, args.n, args.temperature, args.seed, context)
         out = Path(args.out)
+        _check_sample_out(out)
+        samples = runs.sample_run(args.run, args.n, args.temperature, args.seed, context)
         out.parent.mkdir(parents=True, exist_ok=True)
         np.save(out, samples)
         if context is not None and np.ndim(context) == 2:
@@ -332,6 +466,7 @@ def _run(args: argparse.Namespace) -> None:
         for path in runs.plot_run(args.run, temperature=args.temperature, log=print):
             print(path)
     elif args.command == "inpaint":
+        _check_directory(args.out, "--out")
         report = runs.inpaint_run(
             args.run,
             args.image,

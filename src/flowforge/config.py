@@ -120,13 +120,14 @@ def _positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
-def _number(value: Any) -> float | None:
-    """A float from a number or a numeric string (YAML reads ``1e-3`` as a string)."""
+def finite_number(value: Any) -> float | None:
+    """A finite float from a number or a numeric string (YAML reads ``1e-3`` as a string),
+    else None."""
     if isinstance(value, bool):
         return None
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int of 400 digits
         return None
     return number if math.isfinite(number) else None
 
@@ -159,14 +160,17 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
     "epochs": (_positive_int, "a positive integer"),
     "batch_size": (_positive_int, "a positive integer"),
-    "lr": (lambda v: (_number(v) or 0) > 0, "a positive number"),
-    "weight_decay": (lambda v: _number(v) is not None and _number(v) >= 0, "a number >= 0"),
+    "lr": (lambda v: (finite_number(v) or 0) > 0, "a positive number"),
+    "weight_decay": (
+        lambda v: finite_number(v) is not None and finite_number(v) >= 0,
+        "a number >= 0",
+    ),
     "schedule": (lambda v: v in (None, "cosine", "plateau"), "cosine, plateau or null"),
-    "clip": (_optional(lambda v: (_number(v) or 0) > 0), "a positive number or null"),
+    "clip": (_optional(lambda v: (finite_number(v) or 0) > 0), "a positive number or null"),
     "patience": (_optional(_positive_int), "a positive integer or null"),
     "checkpoint_every": (_optional(_positive_int), "a positive number of steps or null"),
     "divergence_threshold": (
-        _optional(lambda v: (_number(v) or 0) > 0),
+        _optional(lambda v: (finite_number(v) or 0) > 0),
         "a positive number or null (no check for an exploding loss)",
     ),
     "rollbacks": (
@@ -196,21 +200,76 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
 FLOATS = ("lr", "weight_decay", "clip", "divergence_threshold")
 
 
+MAX_YAML_VALUES = 1_000_000  # values in a config file, counting each use of a YAML alias
+
+
+def _count_values(content: Any, path: Path) -> None:
+    """Refuse a YAML document whose values, with aliases expanded, number more than
+    :data:`MAX_YAML_VALUES` (a "billion laughs" file), or that contains itself."""
+    sizes: dict[int, int] = {}
+    pending: set[int] = set()
+
+    def size(node: Any) -> int:
+        if not isinstance(node, dict | list):
+            return 1
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in pending:
+            raise ConfigError(f"config file {path} refers to itself (a recursive YAML alias)")
+        pending.add(key)
+        items = [*node.keys(), *node.values()] if isinstance(node, dict) else node
+        total = 1
+        for item in items:
+            total += size(item)
+            if total > MAX_YAML_VALUES:
+                raise ConfigError(
+                    f"config file {path} holds more than {MAX_YAML_VALUES:,} values (with its "
+                    "aliases expanded); a config file needs a few dozen"
+                )
+        pending.discard(key)
+        sizes[key] = total
+        return total
+
+    size(content)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """The mapping in a YAML config file."""
+    """The mapping in a YAML config file, read with ``yaml.safe_load`` (no Python objects).
+
+    Refused with one :class:`ConfigError` line naming the file: a missing file; one that is
+    not a regular file (a FIFO, device or directory: checked before opening it, as opening a
+    FIFO blocks); over :data:`flowforge.io.MAX_TEXT_BYTES`; not UTF-8; not valid YAML or
+    nested too deeply; more than :data:`MAX_YAML_VALUES` values with aliases expanded; not
+    a mapping, or a mapping whose keys are not all strings."""
+    from .io import read_text
+
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"config file {path} does not exist")
     try:
-        content = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ConfigError(
-            f"config file {path} is not valid YAML: {error}".splitlines()[0]
-        ) from None
+        text = read_text(path, what=f"config file {path}")
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    try:
+        content = yaml.safe_load(text)
+    except RecursionError:
+        raise ConfigError(f"config file {path} is nested too deeply") from None
+    except (yaml.YAMLError, ValueError, OverflowError) as error:  # ValueError: 2001-02-30
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise ConfigError(f"config file {path} is not valid YAML: {reason[:300]}") from None
     if content is None:
         return {}
+    try:
+        _count_values(content, path)  # before anything is shown or copied
+    except RecursionError:
+        raise ConfigError(f"config file {path} is nested too deeply") from None
     if not isinstance(content, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of options, got {content!r}")
+        shown = repr(content) if len(repr(content)) <= 80 else repr(content)[:77] + "..."
+        raise ConfigError(f"config file {path} must hold a mapping of options, got {shown}")
+    bad = next((key for key in content if not isinstance(key, str)), None)
+    if bad is not None:
+        raise ConfigError(f"config file {path}: option names must be strings, got {bad!r}")
     return content
 
 
@@ -242,9 +301,12 @@ def resolve(
             raise ConfigError(f"config value {key!r} must be {expected}, got {config[key]!r}")
     for key in FLOATS:
         if config.get(key) is not None:
-            config[key] = _number(config[key])
+            config[key] = finite_number(config[key])
     return config
 
 
 def write_yaml(config: Mapping[str, Any], path: Path) -> None:
-    path.write_text(yaml.safe_dump(dict(config), sort_keys=False))
+    """Write ``config`` as YAML to ``path``, atomically and durably (:mod:`flowforge.atomic`)."""
+    from . import atomic
+
+    atomic.write_text(path, yaml.safe_dump(dict(config), sort_keys=False))

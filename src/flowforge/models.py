@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
+from . import limits
 from .distributions import make_base
 from .flow import Flow
 from .nn import MLP, zero_conv
@@ -63,13 +67,253 @@ def _builder(function: Callable[..., Flow]) -> Callable[..., Flow]:
     return build_and_record
 
 
-def build(config: dict[str, Any]) -> Flow:
-    """Rebuild a model from a ``flow.config`` dictionary (fresh parameters)."""
+def build(config: Mapping[str, Any], *, max_parameters: int | None = None) -> Flow:
+    """Rebuild a model from a ``flow.config`` dictionary (fresh parameters), refusing one
+    that is too large before allocating it.
+
+    ``config`` is ``{"model": name, **arguments}``. Refused, each with one line: a name not in
+    :data:`MODELS` (``ValueError``), arguments the builder does not take or of the wrong type
+    (its own ``TypeError`` / ``ValueError``), counts or widths above
+    :data:`STRUCTURE_LIMITS`, and a model of more parameters and buffers than
+    ``max_parameters`` (default: ``FLOWFORGE_MAX_PARAMETERS``, see :mod:`flowforge.limits`)
+    (:class:`~flowforge.limits.BudgetError`). See :func:`check_budget`.
+    """
+    if not isinstance(config, Mapping):
+        raise TypeError(f"a model config must be a mapping, got {type(config).__name__}")
     config = dict(config)
     name = config.pop("model", None)
-    if name not in MODELS:
+    if not isinstance(name, str) or name not in MODELS:
         raise ValueError(f"unknown model {name!r}; expected one of {sorted(MODELS)}")
-    return MODELS[name](**config)
+    bad = next((key for key in config if not isinstance(key, str)), None)
+    if bad is not None:
+        raise TypeError(f"model {name!r}: argument names must be strings, got {bad!r}")
+    check_budget(name, config, max_parameters)
+    return _call_builder(name, config)
+
+
+# Bounds on the counts and widths in a description, checked before anything is built so that
+# a hostile model.json or config file cannot make Python objects (layers, masks) without end.
+# They are generous for real models: NICE on MNIST is dim 784 with 4 layers of 5 x 1000, and
+# Glow 3 levels of 32 steps of 512 channels (96 repeated steps). Raise an entry here if a
+# model needs more.
+STRUCTURE_LIMITS: dict[str, int] = {
+    "dim": 2**21,  # features of a vector model
+    "context_dim": 2**20,
+    "embedding_dim": 2**20,
+    "layers": 2048,
+    "steps": 2048,
+    "levels": 16,
+    "scales": 16,
+    "couplings": 256,
+    "blocks": 256,
+    "bins": 4096,
+    "channels": 2**16,
+    "width": 2**16,  # each entry of hidden, and each side of an image shape
+    "depth": 256,  # entries of hidden
+    "pixels": 2**26,  # the product of an image shape
+    # The product of layers, steps, levels, scales, couplings, blocks + 1 and entries of
+    # hidden + 1: the number of repeated modules (papers use at most a few hundred; checking
+    # 2048 convolutional ones takes about 10 s on a slow CPU).
+    "repeats": 2048,
+}
+_REPEATED = ("layers", "steps", "levels", "scales", "couplings", "blocks")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_structure(name: str, arguments: Mapping[str, Any]) -> None:
+    """Refuse integer arguments above :data:`STRUCTURE_LIMITS` (others are left to the
+    builder's own checks)."""
+
+    def refuse(what: str, value: int, key: str) -> None:
+        raise limits.BudgetError(
+            f"model {name!r}: {what} {value:,} is above the limit of {STRUCTURE_LIMITS[key]:,} "
+            f"(flowforge.models.STRUCTURE_LIMITS[{key!r}]; raise it there if this is intended)"
+        )
+
+    for key, value in arguments.items():
+        if key in STRUCTURE_LIMITS and _is_int(value) and value > STRUCTURE_LIMITS[key]:
+            refuse(key, value, key)
+    hidden = arguments.get("hidden")
+    if isinstance(hidden, list | tuple):
+        if len(hidden) > STRUCTURE_LIMITS["depth"]:
+            refuse("the number of hidden layers", len(hidden), "depth")
+        for width in hidden:
+            if _is_int(width) and width > STRUCTURE_LIMITS["width"]:
+                refuse("hidden width", width, "width")
+    shape = arguments.get("shape")
+    if isinstance(shape, list | tuple) and all(_is_int(side) for side in shape):
+        if len(shape) > 8:
+            raise ValueError(f"model {name!r}: shape must be (channels, height, width)")
+        for side in shape:
+            if side > STRUCTURE_LIMITS["width"]:
+                refuse("image side", side, "width")
+        if math.prod(shape) > STRUCTURE_LIMITS["pixels"]:
+            refuse("an image of size", math.prod(shape), "pixels")
+    repeats = [
+        arguments[key] + (key == "blocks")
+        for key in _REPEATED
+        if _is_int(arguments.get(key)) and arguments[key] > 0
+    ]
+    if isinstance(hidden, list | tuple):
+        repeats.append(len(hidden) + 1)
+    if math.prod(repeats) > STRUCTURE_LIMITS["repeats"]:
+        refuse("a product of repeated parts of", math.prod(repeats), "repeats")
+
+
+def count_parameters(name: str, arguments: Mapping[str, Any]) -> int:
+    """The parameters and buffers of ``MODELS[name](**arguments)``, counted exactly without
+    allocating them: the model is built under :class:`_SizeProbe`, which keeps floating-point
+    and large tensors on the ``meta`` device (shapes without storage). The global random state
+    is left as it was. Arguments are checked against :data:`STRUCTURE_LIMITS` first."""
+    _check_structure(name, arguments)
+    with torch.random.fork_rng(devices=[]), _SizeProbe():
+        flow = _call_builder(name, dict(arguments))
+    tensors = {id(t): t for t in (*flow.parameters(), *flow.buffers())}
+    return sum(t.numel() for t in tensors.values())
+
+
+def check_budget(name: str, arguments: Mapping[str, Any], max_parameters: int | None = None) -> int:
+    """Refuse (:class:`~flowforge.limits.BudgetError`, one line naming the limit and how to
+    raise it) to build ``MODELS[name](**arguments)`` if it would have more than
+    ``max_parameters`` parameters and buffers (default: ``FLOWFORGE_MAX_PARAMETERS``) or
+    break :data:`STRUCTURE_LIMITS`; return its count (see :func:`count_parameters`)."""
+    count = count_parameters(name, arguments)
+    limits.check_parameters(count, f"model {name!r}", max_parameters)
+    return count
+
+
+def _call_builder(name: str, arguments: dict[str, Any]) -> Flow:
+    """``MODELS[name](**arguments)``; what torch raises on arguments it cannot use (a seed too
+    large for a generator, say) becomes a one-line ``ValueError`` naming the model."""
+    try:
+        return MODELS[name](**arguments)
+    except (ValueError, TypeError):
+        raise
+    except (RuntimeError, ArithmeticError, LookupError, AttributeError) as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ValueError(f"model {name!r} cannot be built from {arguments}: {reason}") from None
+
+
+_CONSTRUCTORS = {
+    torch.arange,
+    torch.empty,
+    torch.empty_strided,
+    torch.eye,
+    torch.full,
+    torch.linspace,
+    torch.logspace,
+    torch.ones,
+    torch.rand,
+    torch.randint,
+    torch.randn,
+    torch.randperm,
+    torch.tensor,
+    torch.as_tensor,
+    torch.asarray,
+    torch.tril_indices,
+    torch.triu_indices,
+    torch.zeros,
+}
+_SMALL = 2**16  # elements: the results of operations up to this size are computed for real
+_REAL_FLOATS = 2**22  # floating-point numbers computed for real in all, then meta only
+
+
+def _to_meta(tree: Any, found: list[torch.Tensor]) -> Any:
+    """``tree`` (arguments: nested lists, tuples, dicts) with its tensors on the meta device
+    and its generators dropped (a CPU generator cannot draw meta tensors); the tensors met
+    are appended to ``found``."""
+    if isinstance(tree, torch.Tensor):
+        found.append(tree)
+        return tree if tree.is_meta else tree.to("meta")
+    kind = type(tree)
+    if kind is torch.Generator:
+        return None
+    if kind is list or kind is tuple:
+        return kind(_to_meta(item, found) for item in tree)
+    if kind is dict:
+        return {key: _to_meta(value, found) for key, value in tree.items()}
+    return tree
+
+
+def _scale(tree: Any) -> int:
+    """The product of the integers (each at least 1) in ``tree``: with the sizes of the input
+    tensors, a bound on the size of what an operation such as ``repeat`` or broadcasting can
+    make of them."""
+    if isinstance(tree, int) and not isinstance(tree, bool):
+        return max(1, abs(tree))
+    if isinstance(tree, float):
+        return max(1, math.ceil(abs(tree))) if math.isfinite(tree) else _SMALL + 1
+    if type(tree) in (list, tuple, torch.Size):
+        return math.prod(_scale(item) for item in tree)
+    if type(tree) is dict:
+        return math.prod(_scale(value) for value in tree.values())
+    return 1
+
+
+def _floats_to_meta(value: Any) -> Any:
+    """``value`` (an operation's result) with its floating-point tensors moved to meta."""
+    if isinstance(value, torch.Tensor):
+        return value.to("meta") if value.is_floating_point() else value
+    if type(value) in (list, tuple):
+        return type(value)(_floats_to_meta(item) for item in value)
+    return value
+
+
+def _results(value: Any) -> list[torch.Tensor]:
+    """The tensors that an operation returned."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, list | tuple):
+        return [item for item in value if isinstance(item, torch.Tensor)]
+    return []
+
+
+class _SizeProbe(TorchFunctionMode):
+    """Build a model with no storage for its large tensors: every result of more than
+    ``_SMALL`` elements goes to the ``meta`` device (shapes without storage), and so does
+    every floating-point one once ``_REAL_FLOATS`` numbers have been computed; what
+    construction code inspects (masks, permutations, degrees: ``tolist``, ``nonzero``) stays
+    real. An operation on real tensors runs for real if its inputs are too small for its
+    result to be large (the product of their sizes and of the integers passed bounds it);
+    otherwise it is first tried on meta copies to learn the kind and size of its result. (Small
+    models are so built without torch's meta kernels written in Python, whose first use
+    imports ``torch._dynamo``, over a second.)"""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.real_floats = 0
+
+    def _kept(self, value: Any) -> Any:
+        """A small result of a real computation: kept real unless the floating-point numbers
+        so computed exceed ``_REAL_FLOATS``."""
+        self.real_floats += sum(t.numel() for t in _results(value) if t.is_floating_point())
+        return value if self.real_floats <= _REAL_FLOATS else _floats_to_meta(value)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__name__", "") == "__get__":  # an attribute such as .shape
+            return func(*args, **kwargs)
+        tensors: list[torch.Tensor] = []
+        meta_args, meta_kwargs = _to_meta((args, kwargs), tensors)
+        constructor = func in _CONSTRUCTORS
+        if not tensors and not constructor:
+            return func(*args, **kwargs)
+        if any(t.is_meta for t in tensors):
+            return func(*meta_args, **meta_kwargs)
+        if math.prod(t.numel() for t in tensors) * _scale((args, kwargs)) <= _SMALL:
+            return self._kept(func(*args, **kwargs))
+        if constructor:
+            meta_kwargs["device"] = "meta"
+        try:
+            probe = func(*meta_args, **meta_kwargs)
+        except Exception:  # needs the values (nonzero, equal, tolist): the inputs are small
+            return func(*args, **kwargs)
+        if any(t.is_floating_point() or t.numel() > _SMALL for t in _results(probe)):
+            return probe
+        return func(*args, **kwargs)
 
 
 def _check_int(name: str, value: object, minimum: int) -> None:

@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from torch import Tensor
 
+from . import atomic
 from .datasets.base import Split
 from .flow import Flow
 from .transforms import steps
@@ -50,10 +51,12 @@ def _figure(width: float, height: float, layout: str | None = "constrained") -> 
 
 
 def _save(figure: Figure, path: str | os.PathLike) -> Path:
-    """Write ``figure`` to ``path`` (creating its directories), release it, return the path."""
+    """Write ``figure`` to ``path`` atomically (creating its directories), release it, return
+    the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=DPI, format=path.suffix[1:].lower() or "png")
+    with atomic.replacing(path) as temporary:
+        figure.savefig(temporary, dpi=DPI, format=path.suffix[1:].lower() or "png")
     figure.clear()
     return path
 

@@ -27,13 +27,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import datasets, io, models, plots
+from . import atomic, datasets, devices, interrupts, io, limits, models, plots
 from .baselines import GaussianBaseline, LinearGaussianBaseline
-from .config import VI_DEFAULTS, ConfigError, read_yaml, resolve, write_yaml
+from .config import VI_DEFAULTS, ConfigError, finite_number, read_yaml, resolve, write_yaml
 from .datasets.base import Dataset, Split
 from .datasets.files import read_csv
 from .flow import Flow
-from .training import History, fit, nll_values, report_of, write_metrics
+from .training import DivergenceError, History, fit, nll_values, report_of, write_metrics
 from .variational import VariationalHistory, fit_variational
 
 CONFIG_FILE = "config.yaml"
@@ -65,6 +65,7 @@ def make_config(
     file_values = read_yaml(config_file) if config_file else {}
     config = resolve(file_values, overrides, data_kind)
     given = set(file_values) | {k for k, v in (overrides or {}).items() if v is not None}
+    _check_given_once(config, file_values, overrides, ("layers", "hidden"))
     config["model_args"] = dict(config["model_args"])
     config["_given"] = sorted(given)
     if is_data_file(config["data"]):  # so that eval, sample and plot work from anywhere
@@ -127,9 +128,15 @@ def build_model(
         raise ConfigError(
             f"config value 'model' must be one of {', '.join(models.MODELS)}, got {name!r}"
         )
-    accepted = set(inspect.signature(models.MODELS[name]).parameters)
+    parameters = inspect.signature(models.MODELS[name]).parameters
+    accepted = set(parameters)
     given = set(config.get("_given", ()))
     size = "shape" if "shape" in accepted else "dim"
+    if size == "shape" and len(_as_tuple(shape)) != 3:
+        raise ConfigError(
+            f"model {name!r} is an image model: it needs images (channels, height, width), "
+            f"not vectors of {math.prod(_as_tuple(shape))} values; see flowforge list"
+        )
     kwargs: dict[str, Any] = {size: shape if size == "shape" else math.prod(_as_tuple(shape))}
     if "context_dim" in config["model_args"]:
         raise ConfigError(
@@ -159,22 +166,107 @@ def build_model(
                 f"model {name!r} has no option {key!r}; it takes "
                 f"{', '.join(sorted(accepted - {size}))}"
             )
-        kwargs[key] = value
-    try:
-        return models.MODELS[name](**kwargs)
+        kwargs[key] = _checked_argument(name, key, value, parameters[key].annotation)
+    try:  # checked against FLOWFORGE_MAX_PARAMETERS before anything is allocated
+        return models.build({"model": name, **kwargs})
+    except limits.BudgetError:
+        raise
     except (TypeError, ValueError) as error:
         raise ConfigError(f"model {name!r}: {error}") from None
+
+
+def _check_given_once(
+    config: Mapping[str, Any],
+    file_values: Mapping[str, Any],
+    overrides: Mapping[str, Any] | None,
+    keys: tuple[str, ...],
+) -> None:
+    """An option that is a config key (``--hidden``, ``hidden:``) must not also be given as a
+    model argument (``--model-arg hidden=...``): which of the two would win is a guess."""
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    for key in keys:
+        if key not in config["model_args"] or (key not in overrides and key not in file_values):
+            continue
+        flag = f"--{key.replace('_', '-')}" if key in overrides else f"config key {key!r}"
+        where = "--model-arg" if "model_args" in overrides else "the config file's model_args"
+        raise ConfigError(
+            f"{key!r} is given twice, as {flag} and as model argument {key}="
+            f"{config['model_args'][key]!r} ({where}); give it once"
+        )
+
+
+# What a model builder's annotation asks of an argument: (check, what it must be).
+_ARGUMENT_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "float": (lambda v: finite_number(v) is not None, "a finite number"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "Sequence[int]": (
+        lambda v: (
+            isinstance(v, list | tuple)
+            and all(isinstance(h, int) and not isinstance(h, bool) for h in v)
+        ),
+        "a list of integers such as [64, 64]",
+    ),
+}
+
+
+def _checked_argument(model: str, key: str, value: Any, annotation: Any) -> Any:
+    """A model argument checked against its builder's annotation (``bool``, ``int``,
+    ``float | None``, ...): a string where a bool is expected (``actnorm=maybe``) is an
+    error, not a truthy value. Numbers for a float are returned as floats."""
+    text = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
+    optional = text.endswith(" | None")
+    text = text.removesuffix(" | None")
+    if text not in _ARGUMENT_TYPES or (optional and value is None):
+        return value
+    check, expected = _ARGUMENT_TYPES[text]
+    if not check(value):
+        expected += " or null" if optional else ""
+        raise ConfigError(f"model argument {key!r} of {model!r} must be {expected}, got {value!r}")
+    return finite_number(value) if text == "float" else value
 
 
 def _as_tuple(shape: int | tuple[int, ...]) -> tuple[int, ...]:
     return (shape,) if isinstance(shape, int) else tuple(shape)
 
 
+# What a resumed run must share with the run it continues: they change the model, the data
+# or the optimisation. The others (epochs, lr, clip, patience, checkpointing, divergence
+# handling, device, progress, plots, TensorBoard) may change; fit records the changes.
+FIXED_ON_RESUME = (
+    "data",
+    "model",
+    "n",
+    "data_dir",
+    "context_columns",
+    "seed",
+    "batch_size",
+    "dtype",
+    "layers",
+    "hidden",
+    "model_args",
+    "weight_decay",
+    "schedule",
+)
+
+
 def fit_run(
     config: Mapping[str, Any], out: str | Path, resume: bool = False
 ) -> tuple[Flow, History]:
-    """Train the configured model and write the run directory ``out``."""
+    """Train the configured model and write the run directory ``out``.
+
+    With ``resume``, training continues from ``out``'s checkpoint; a configuration that
+    changes the model, the data or the optimisation (:data:`FIXED_ON_RESUME`) is refused
+    with a message naming the options. A signal stops training after the step under way:
+    the checkpoint, the model and the metrics are written and
+    :class:`flowforge.interrupts.Interrupted` is raised (no plots); a signal while plotting
+    leaves the run whole without its figures. On a divergence beyond the rollbacks the
+    model saved is the last good one and :class:`flowforge.training.DivergenceError` is
+    raised."""
     out = Path(out)
+    if resume:
+        _check_resume(config, out)
     data, shape = load_data(config)
     flow = _start_run(
         config,
@@ -199,20 +291,51 @@ def fit_run(
             tensorboard=config["tensorboard"],
             checkpoint=out,
             resume=resume,
+            checkpoint_every=config["checkpoint_every"],
+            metrics=out / METRICS_FILE,
+            divergence_threshold=config["divergence_threshold"],
+            rollbacks=config["rollbacks"],
             device=config["device"],
             dtype=getattr(torch, config["dtype"]),
             seed=config["seed"],
-            callback=lambda record: _append_metrics(out, record),
         )
-    except FloatingPointError as error:
-        io.save(flow, out)  # the best weights before the divergence
-        write_metrics(error.history, out / METRICS_FILE)
+    except DivergenceError as error:
+        with interrupts.deferred():
+            io.save(flow, out)  # the best or last good weights, never non-finite ones
+            write_metrics(error.history, out / METRICS_FILE)
         raise
-    io.save(flow, out)
-    write_metrics(history, out / METRICS_FILE)
+    with interrupts.deferred():
+        io.save(flow, out)
+        write_metrics(history, out / METRICS_FILE)
+    if history.signal is not None:
+        stop = interrupts.Interrupted(history.signal)
+        stop.saved = f"{history.stopped}; checkpoint and model saved, continue with --resume"
+        raise stop
     if config["plots"]:
-        plot_run(out, flow=flow, data=(data, shape), history=history)
+        try:
+            plot_run(out, flow=flow, data=(data, shape), history=history)
+        except interrupts.Interrupted as stop:
+            stop.saved = f"model saved, plots skipped (draw them with: flowforge plot {out})"
+            raise
     return flow, history
+
+
+def _check_resume(config: Mapping[str, Any], out: Path) -> None:
+    """Refuse to resume ``out`` with options that change its model, data or optimisation."""
+    if not (out / CONFIG_FILE).exists():
+        return  # nothing to compare with: fit starts afresh if there is no checkpoint either
+    saved = read_config(out)
+    changed = [key for key in FIXED_ON_RESUME if saved.get(key) != config.get(key)]
+    if changed:
+        details = ", ".join(
+            f"--{key.replace('_', '-')} {saved.get(key)!r} -> {config.get(key)!r}"
+            for key in changed
+        )
+        raise ConfigError(
+            f"cannot resume {out}: {details} would change the run's model, data or "
+            "optimisation; resume with its own options (see its config.yaml) or fit to a new "
+            "--out"
+        )
 
 
 def _context_width(split: Split) -> int:
@@ -226,34 +349,138 @@ def _start_run(
     keep_metrics: bool = False,
     context_dim: int = 0,
 ) -> Flow:
-    """Build the configured model (seeded) and open the run directory with its config."""
+    """Build the configured model (seeded) and open the run directory with its config,
+    removing temporary files that a killed run left there."""
     torch.manual_seed(config["seed"])
     flow = build_model(config, shape, context_dim)
     out.mkdir(parents=True, exist_ok=True)
+    atomic.remove_orphans(out)
     if not keep_metrics:
         (out / METRICS_FILE).unlink(missing_ok=True)
     write_yaml({k: v for k, v in config.items() if not k.startswith("_")}, out / CONFIG_FILE)
     return flow
 
 
-def _append_metrics(out: Path, record: dict[str, Any]) -> None:
-    with (out / METRICS_FILE).open("a") as handle:
-        handle.write(json.dumps(record) + "\n")
+def _metrics_writer(out: Path) -> Callable[[dict[str, Any]], None]:
+    """A callback that keeps the records and rewrites ``out/metrics.jsonl`` atomically."""
+    records: list[dict[str, Any]] = []
+
+    def write(record: dict[str, Any]) -> None:
+        records.append(record)
+        atomic.write_text(out / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in records))
+
+    return write
 
 
 def read_config(run_dir: str | Path) -> dict[str, Any]:
-    """The resolved configuration of a run fitted to data."""
-    path = Path(run_dir) / CONFIG_FILE
-    if not path.exists():
+    """The resolved configuration of a run fitted to data, from its ``config.yaml``: a
+    regular file inside the run directory (not a FIFO, device, directory or link out of it)
+    of at most :data:`flowforge.io.MAX_TEXT_BYTES`, holding valid options. Anything else is
+    one line naming the file (``FileNotFoundError`` if it or the directory is missing, else a
+    ``ValueError``)."""
+    return _read_run_config(run_dir)
+
+
+def _run_device(run_dir: str | Path, config: Mapping[str, Any]) -> torch.device:
+    """The device in a run's config, checked to exist on this machine: one line naming the
+    run's ``config.yaml`` otherwise."""
+    try:
+        return devices.resolve(config["device"])
+    except (ValueError, TypeError) as error:
+        reason = str(error).split("; use --device")[0]
+        raise ConfigError(
+            f"{Path(run_dir) / CONFIG_FILE}: {reason}; set device: cpu (or auto) in that file "
+            "to use this run here"
+        ) from None
+
+
+def _run_file(run_dir: str | Path, name: str) -> Path | None:
+    """``run_dir / name`` if it exists (else None), checked to be a regular file inside the
+    run directory (no FIFO, device, directory or symbolic link out of it: one line)."""
+    run_dir = Path(run_dir)
+    path = run_dir / name
+    try:
+        exists = os.path.lexists(path)
+    except ValueError as error:  # a NUL byte in the name
+        raise ConfigError(f"{run_dir} cannot be a run directory: {error}") from None
+    if not exists:
+        return None
+    io.check_regular_file(path, inside=run_dir)
+    return path
+
+
+def _read_run_config(run_dir: str | Path, vi: bool = False) -> dict[str, Any]:
+    """The resolved ``config.yaml`` of a run (see :func:`read_config`), of a variational run
+    with ``vi``."""
+    if not Path(run_dir).is_dir():
+        if os.path.lexists(run_dir):
+            raise ConfigError(f"{run_dir} is not a run directory: it is not a directory")
+        raise FileNotFoundError(f"{run_dir} is not a run directory: it does not exist")
+    path = _run_file(run_dir, CONFIG_FILE)
+    if path is None:
         raise FileNotFoundError(f"{run_dir} is not a run directory: {CONFIG_FILE} is missing")
-    return resolve(read_yaml(path), None, data_kind)
+    try:
+        if vi:
+            return resolve(read_yaml(path), None, defaults=VI_DEFAULTS)
+        return resolve(read_yaml(path), None, data_kind)
+    except ConfigError as error:
+        message = str(error)
+        raise ConfigError(message if str(path) in message else f"{path}: {message}") from None
+
+
+# Values of a metrics record that the plots read as numbers.
+_NUMERIC_METRICS = (
+    "epoch",
+    "step",
+    "train_nll",
+    "val_nll",
+    "train_bpd",
+    "val_bpd",
+    "lr",
+    "elbo",
+    "beta",
+)
+MAX_METRICS_BYTES = 64 * 2**20
 
 
 def read_history(run_dir: str | Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / METRICS_FILE
-    if not path.exists():
+    """The records of a run's ``metrics.jsonl`` (none if it is missing), one JSON object a
+    line. The file must be a regular file inside the run directory of at most
+    :data:`MAX_METRICS_BYTES`; a line that is not a JSON object, or whose epoch, step, NLL,
+    bits/dim, learning rate, ELBO or beta is not a number or null, is refused with one line
+    (``ValueError``). An unfinished last line (no newline: a writer killed mid-line) is
+    skipped."""
+    path = _run_file(run_dir, METRICS_FILE)
+    if path is None:
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    text = io.read_text(path, inside=run_dir, max_bytes=MAX_METRICS_BYTES)
+    lines = text.split("\n")
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except (ValueError, RecursionError) as error:
+            if number == len(lines):  # the last line, without its newline: unfinished
+                break
+            raise io.RunFileError(f"{path} line {number} is not valid JSON: {error}") from None
+        if not isinstance(record, dict):
+            raise io.RunFileError(
+                f"{path} line {number} holds a JSON {type(record).__name__}; expected an object "
+                "of an epoch's (or step's) metrics"
+            )
+        for key in _NUMERIC_METRICS:
+            value = record.get(key)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int | float)
+            ):
+                shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+                raise io.RunFileError(
+                    f"{path} line {number}: {key} is {shown}; expected a number or null"
+                )
+        records.append(record)
+    return records
 
 
 def _check_context(flow: Flow, split: Split, name: str) -> int:
@@ -281,7 +508,7 @@ def evaluate_run(run_dir: str | Path, split: str = "test") -> dict[str, Any]:
     if split not in ("train", "val", "test"):
         raise ValueError(f"split must be train, val or test, got {split!r}")
     samples = getattr(data, split)
-    flow = io.load(run_dir, device=config["device"])
+    flow = io.load(run_dir, device=_run_device(run_dir, config))
     context_dim = _check_context(flow, samples, config["data"])
     gaussian_model = GaussianBaseline(data.train)
     nll = {
@@ -369,7 +596,15 @@ def sample_run(
 
     A conditional run needs a ``context``: one context ``(k,)`` gives ``n`` samples
     ``(n, D)`` of ``q(x | c)``; ``m`` contexts ``(m, k)`` give ``n`` samples for each,
-    ``(m, n, D)``. An unconditional run takes none."""
+    ``(m, n, D)``. An unconditional run takes none. ``n`` must be positive and ``temperature``
+    finite and >= 0; samples above :func:`flowforge.limits.max_elements` numbers are refused
+    before they are drawn."""
+    from .limits import check_elements
+
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"the number of samples must be a positive integer, got {n!r}")
+    if finite_number(temperature) is None or temperature < 0:
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
     if seed is not None:
         torch.manual_seed(seed)
     flow = io.load(run_dir)
@@ -381,7 +616,10 @@ def sample_run(
         )
     if not k and context is not None:
         raise ValueError(f"run {run_dir} is not conditional; it takes no context")
+    size = math.prod(flow.event_shape)
+    shape = tuple(flow.event_shape)
     if context is None:
+        check_elements(n * size, f"{n:,} samples of shape {shape}")
         return flow.sample(n, temperature=temperature).cpu().numpy()
     values = torch.as_tensor(np.asarray(context, dtype=np.float64)).to(flow.dtype)
     single = values.dim() == 1
@@ -393,6 +631,8 @@ def sample_run(
         )
     if not torch.isfinite(values).all():
         raise ValueError("the context contains NaN or infinite values")
+    count = f"{n:,} samples of shape {shape} for each of {len(values):,} contexts"
+    check_elements(len(values) * n * size, count)
     samples = flow.sample(n, context=values, temperature=temperature)
     return (samples[0] if single else samples).cpu().numpy()
 
@@ -568,7 +808,7 @@ def inpaint_run(
     data, shape = load_data(config)
     if len(shape) != 3 or not data.test.discrete:
         raise ConfigError(f"inpainting needs an image dataset, but {config['data']!r} is not")
-    flow = io.load(run_dir, device=config["device"])
+    flow = io.load(run_dir, device=_run_device(run_dir, config))
     levels = data.test.levels
     truth = (read_images(images, data, shape) + 0.5) / levels
     missing = make_mask(mask, shape, seed=seed).expand_as(truth)
@@ -632,6 +872,38 @@ class CallableTarget:
             raise ConfigError(f"module {module_name!r} has no function {function_name!r}")
         self.name, self.dim = spec, dim
         self.bounds = ((-4.0, 4.0), (-4.0, 4.0)) if dim == 2 else None
+        self._probe()
+
+    def _probe(self, n: int = 4) -> None:
+        """Call the function once on a small batch and check what it returns, so that a wrong
+        function fails here with one line rather than inside training."""
+        from .limits import check_elements
+
+        check_elements(n * self.dim, f"a test batch of target {self.name!r}")
+        z = torch.randn(n, self.dim, generator=torch.Generator().manual_seed(0))
+        expected = (
+            f"target {self.name!r} must map a tensor (N, {self.dim}) to log-densities, a "
+            f"floating tensor of shape (N,), each finite or -inf"
+        )
+        try:
+            with torch.no_grad():
+                out = self.function(z)
+        except Exception as error:
+            raise ConfigError(
+                f"target {self.name!r} failed on a test batch of shape ({n}, {self.dim}): "
+                f"{type(error).__name__}: {error}"
+            ) from None
+        if not isinstance(out, torch.Tensor):
+            problem = f"it returned a {type(out).__name__!r} object, not a torch.Tensor"
+        elif not out.is_floating_point():
+            problem = f"it returned a tensor of dtype {out.dtype}"
+        elif tuple(out.shape) != (n,):
+            problem = f"it returned a tensor of shape {tuple(out.shape)}"
+        elif torch.isnan(out).any() or (out == math.inf).any():
+            problem = "it returned NaN or +inf"
+        else:
+            return
+        raise ConfigError(f"{expected}; on a batch of shape ({n}, {self.dim}) {problem}")
 
     def log_prob(self, z: torch.Tensor) -> torch.Tensor:
         return self.function(z)
@@ -659,8 +931,14 @@ def make_vi_config(
     config_file: str | Path | None = None, overrides: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
     """The checked configuration of a variational run: defaults < file < flags."""
+    from .limits import check_elements
+
     file_values = read_yaml(config_file) if config_file else {}
     config = resolve(file_values, overrides, defaults=VI_DEFAULTS)
+    _check_given_once(config, file_values, overrides, ("layers", "hidden", "base"))
+    if config["dim"] is not None:
+        batch = f"a batch of {config['batch_size']:,} draws of dimension {config['dim']:,}"
+        check_elements(config["batch_size"] * config["dim"], batch)
     config["model_args"] = {"base": config["base"], **config["model_args"]}
     config["_given"] = sorted(set(file_values) | {k for k, v in (overrides or {}).items() if v})
     return config
@@ -685,20 +963,24 @@ def vi_run(config: Mapping[str, Any], out: str | Path) -> tuple[Flow, Variationa
             device=config["device"],
             dtype=getattr(torch, config["dtype"]),
             seed=config["seed"],
-            callback=lambda record: _append_metrics(out, record),
+            callback=_metrics_writer(out),
         )
     finally:
-        io.save(flow, out)
+        with interrupts.deferred():
+            io.save(flow, out)
+    if history.stopped.startswith("interrupted") and interrupts.pending() is not None:
+        stop = interrupts.Interrupted(interrupts.pending())
+        stop.saved = f"{history.stopped}; model saved"
+        raise stop
     if config["plots"]:
         plot_vi_run(out, flow=flow, target=target, records=history.records)
     return flow, history
 
 
 def read_vi_config(run_dir: str | Path) -> dict[str, Any]:
-    path = Path(run_dir) / CONFIG_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"{run_dir} is not a run directory: {CONFIG_FILE} is missing")
-    return resolve(read_yaml(path), None, defaults=VI_DEFAULTS)
+    """The resolved configuration of a variational run; the file is checked as by
+    :func:`read_config`."""
+    return _read_run_config(run_dir, vi=True)
 
 
 def diagnose_run(run_dir: str | Path, n: int = 100_000, seed: int = 0):
@@ -708,7 +990,7 @@ def diagnose_run(run_dir: str | Path, n: int = 100_000, seed: int = 0):
 
     run_dir = Path(run_dir)
     config = read_vi_config(run_dir)
-    flow = io.load(run_dir, device=config["device"])
+    flow = io.load(run_dir, device=_run_device(run_dir, config))
     report = diagnose(flow, make_target(config), n=n, seed=seed)
     result = {"target": config["target"], "model": config["model"], **report.as_dict()}
     (run_dir / "diagnostics.json").write_text(json.dumps(result, indent=2) + "\n")

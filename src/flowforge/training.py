@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -19,9 +20,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from . import atomic, checkpoint, interrupts
+from .checkpoint import CHECKPOINT, fingerprint
 from .datasets.base import Split
+from .divergence import DivergenceMonitor, Rollback, finite_parameters, scale_learning_rate
 from .flow import Flow
-from .io import CHECKPOINT, load_checkpoint, save_checkpoint
 
 SCHEDULES = ("cosine", "plateau")
 
@@ -38,13 +41,15 @@ class DivergenceError(FloatingPointError):
 @dataclass
 class History:
     """What :func:`fit` did: one dict per epoch (``epoch``, ``train_nll``, ``val_nll``, ``lr``,
-    ``seconds``, and ``train_bpd`` / ``val_bpd`` for discrete data), the best epoch and why it
-    stopped."""
+    ``seconds``, and ``train_bpd`` / ``val_bpd`` for discrete data), the best epoch, why it
+    stopped, and the events on the way (rollbacks, resumes, settings changed on resume)."""
 
     epochs: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int | None = None
     best_val_nll: float | None = None
     stopped: str = "finished"
+    events: list[dict[str, Any]] = field(default_factory=list)  # rollbacks, resumes, changes
+    signal: int | None = None  # the signal that stopped training, if one did
 
     def __len__(self) -> int:
         return len(self.epochs)
@@ -158,6 +163,10 @@ def fit(
     tensorboard: str | Path | None = None,
     checkpoint: str | Path | None = None,
     resume: bool = False,
+    checkpoint_every: int | None = None,
+    metrics: str | Path | None = None,
+    divergence_threshold: float | None = 10.0,
+    rollbacks: int = 5,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     seed: int | None = 0,
@@ -180,141 +189,437 @@ def fit(
         keep_best: end with the weights of the best validation epoch (if ``val`` is given).
         progress: show a progress bar with the running loss and the validation NLL.
         tensorboard: a log directory for TensorBoard scalars (needs ``tensorboard``).
-        checkpoint: a directory; the state is saved there at the end of every epoch.
-        resume: continue from the checkpoint in ``checkpoint`` if there is one.
+        checkpoint: a directory; the training state is saved there at the end of every epoch
+            (:mod:`flowforge.checkpoint`), when a signal stops training, and every
+            ``checkpoint_every`` steps.
+        resume: continue from the checkpoint in ``checkpoint`` if there is one, at the step
+            where it was taken. Changing the model, the data, ``batch_size``,
+            ``weight_decay``, ``schedule``, ``seed`` or ``dtype`` is refused with a
+            ``ValueError`` naming them; a new ``lr``, ``clip`` or ``patience`` is applied
+            and recorded in ``history.events``; more ``epochs`` continue the cosine schedule
+            from the current rate to 0 over the added steps (from ``lr`` again if the run had
+            finished: a warm restart).
+        checkpoint_every: also save a checkpoint every this many steps inside an epoch, so
+            that a killed run loses at most that many steps.
+        metrics: a JSON-lines file rewritten (atomically) after every epoch, one line each.
+        divergence_threshold, rollbacks: a step whose loss is not finite, or exceeds the
+            running loss by ``divergence_threshold`` running spreads
+            (:mod:`flowforge.divergence`; ``None``: finiteness only), rolls the model and the
+            optimiser back to their last good state (kept every 25 steps) with the learning
+            rate halved, at most ``rollbacks`` times; then :class:`DivergenceError`.
         device, dtype: where and in which precision to train (default: the flow's).
         seed: seeds initialisation-independent randomness (shuffling, dequantisation, sampling
             in the model); ``None`` leaves the global generators alone.
         callback: called with each epoch's record.
 
     Returns:
-        The :class:`History`. If the loss becomes NaN or infinite, training stops, the best
-        weights are restored, and a ``FloatingPointError`` says where it happened (its
-        ``history`` attribute holds the epochs before). Ctrl-C stops training the same way
-        and returns normally.
+        The :class:`History`. A validation NLL that is not finite is recorded as ``None`` and
+        never chosen as the best. On divergence beyond the rollbacks a
+        :class:`DivergenceError` (a ``FloatingPointError``) names the step; its ``history``
+        holds what was done, and the flow holds the best epoch's weights (``keep_best``) or
+        the last good ones. SIGINT (Ctrl-C) or SIGTERM stops training after the step under
+        way: the checkpoint is saved, the best weights restored, and ``history.stopped``
+        and ``history.signal`` say so.
     """
     train, val = as_split(train), (as_split(val) if val is not None else None)
     _check_arguments(epochs, batch_size, lr, schedule, clip, patience)
+    _check_safety(checkpoint_every, divergence_threshold, rollbacks)
     flow.to(device=device or flow.device, dtype=dtype or flow.dtype)
-    device, dtype = flow.device, flow.dtype
     _check_data(flow, train, "train")
     if val is not None:
         _check_data(flow, val, "val")
     if seed is not None:
         torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(0 if seed is None else seed)
-
-    optimizer = adam(flow.parameters(), lr, weight_decay)
-    steps_per_epoch = math.ceil(len(train) / batch_size)
-    scheduler = _scheduler(optimizer, schedule, epochs * steps_per_epoch)
-
-    history = History()
-    best_state: dict[str, Tensor] | None = None
-    start_epoch = 0
-    if checkpoint is not None and resume and (Path(checkpoint) / CHECKPOINT).exists():
-        saved = load_checkpoint(Path(checkpoint), flow, optimizer, scheduler, generator)
-        history = History(**saved["history"])
-        start_epoch = len(history.epochs)
-        best_state = saved.get("best_state")
-
-    writer = _tensorboard(tensorboard)
-    validate_args, flow.validate_args = flow.validate_args, False  # data checked up front
-    bar = tqdm(
-        total=epochs * steps_per_epoch,
-        initial=start_epoch * steps_per_epoch,
-        disable=not progress,
-        unit="step",
-        dynamic_ncols=True,
+    trainer = _Trainer(
+        flow,
+        train,
+        val,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        schedule=schedule,
+        clip=clip,
+        patience=patience,
+        keep_best=keep_best,
+        seed=seed,
+        checkpoint=None if checkpoint is None else Path(checkpoint),
+        checkpoint_every=checkpoint_every,
+        metrics=None if metrics is None else Path(metrics),
+        divergence_threshold=divergence_threshold,
+        rollbacks=rollbacks,
+        callback=callback,
     )
-    try:
-        for epoch in range(start_epoch, epochs):
-            flow.train()
-            started = time.perf_counter()
-            order = torch.randperm(len(train), generator=generator)
-            total, count = torch.zeros((), dtype=torch.float64), 0
-            for step in range(steps_per_epoch):
-                index = order[step * batch_size : (step + 1) * batch_size]
-                x = train.dequantize(train.x[index], generator).to(device, dtype)
-                context = None
-                if train.context is not None:
-                    context = train.context[index].to(device, dtype)
-                loss = -flow.log_prob(x, context).mean()
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"the training loss became {loss.item()} at epoch {epoch + 1}, step "
-                        f"{step + 1}; lower the learning rate (now {lr}) or set clip"
-                    )
-                gradient_step(optimizer, loss, clip)
-                if schedule == "cosine":
-                    scheduler.step()
-                total += loss.detach().double().cpu() * len(index)
-                count += len(index)
-                bar.update()
-                if step % 10 == 0:
-                    bar.set_postfix_str(
-                        _postfix(epoch, total.item() / count, history), refresh=False
-                    )
+    if resume and trainer.checkpoint is not None and (trainer.checkpoint / CHECKPOINT).exists():
+        trainer.resume()
+    with interrupts.handling():
+        return trainer.run(progress, tensorboard)
 
-            record: dict[str, Any] = {
-                "epoch": epoch + 1,
-                "train_nll": total.item() / count,
-                "val_nll": None,
-                "lr": optimizer.param_groups[0]["lr"],
-                "seconds": round(time.perf_counter() - started, 3),
+
+SNAPSHOT_EVERY = 25  # steps between in-memory copies of the last good training state
+REFUSED_ON_RESUME = ("model", "train", "val", "batch_size", "weight_decay", "schedule", "seed")
+REFUSED_ON_RESUME += ("dtype",)
+
+
+class _Trainer:
+    """The state of one :func:`fit`: the loop, its checkpoints, resume and rollbacks."""
+
+    def __init__(self, flow: Flow, train: Split, val: Split | None, **options: Any) -> None:
+        self.flow, self.train, self.val = flow, train, val
+        self.options = options
+        for name, value in options.items():
+            setattr(self, name, value)
+        self.seed = options["seed"]
+        self.generator = torch.Generator().manual_seed(0 if self.seed is None else self.seed)
+        self.optimizer = adam(flow.parameters(), self.lr, self.weight_decay)
+        self.steps_per_epoch = math.ceil(len(train) / self.batch_size)
+        self.scheduler = _scheduler(self.optimizer, self.schedule, self.total_steps)
+        self.history = History()
+        self.best_state: dict[str, Tensor] | None = None
+        self.monitor = DivergenceMonitor(self.divergence_threshold)
+        self.rollback = Rollback(flow, self.optimizer)
+        self.rollbacks_used = 0
+        self.done = False  # a resumed run that had already stopped early
+        self.epoch, self.step = 0, 0  # where training stands: steps done in this epoch
+        self.order: Tensor | None = None
+        self.total, self.count, self.seconds = 0.0, 0, 0.0  # the epoch's running sums
+        self.settings = self._settings() if self.checkpoint is not None else None
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+    @property
+    def global_step(self) -> int:
+        return self.epoch * self.steps_per_epoch + self.step
+
+    # --- checkpoints ----------------------------------------------------------------
+
+    def _settings(self) -> dict[str, Any]:
+        """What a resumed run must share with this one (and what it may change)."""
+
+        def data(split: Split | None) -> dict[str, Any] | None:
+            if split is None:
+                return None
+            parts = [split.x] + ([split.context] if split.context is not None else [])
+            return {"n": len(split), "fingerprint": "-".join(fingerprint(t) for t in parts)}
+
+        return {
+            "model": self.flow.config,
+            "train": data(self.train),
+            "val": data(self.val),
+            "batch_size": self.batch_size,
+            "weight_decay": self.weight_decay,
+            "schedule": self.schedule,
+            "seed": self.seed,
+            "dtype": str(self.flow.dtype).removeprefix("torch."),
+            "epochs": self.epochs,
+            "lr": self.lr,
+            "clip": self.clip,
+            "patience": self.patience,
+        }
+
+    def save(self) -> None:
+        """Checkpoint the state as it stands (between steps), if a directory was given."""
+        if self.checkpoint is None:
+            return
+        if not finite_parameters(self.flow):  # never save non-finite weights
+            self._bad_step(math.nan, "the weights became non-finite")
+        position, tensors = None, {}
+        if self.order is not None:  # inside an epoch
+            position = {
+                "epoch": self.epoch,
+                "step": self.step,
+                "total": self.total,
+                "count": self.count,
+                "seconds": self.seconds,
             }
-            if train.discrete:
-                record["train_bpd"] = train.bits_per_dim(record["train_nll"])
-            improved = False
-            if val is not None:
-                report = evaluate(flow, val, seed=1)
+            tensors["order"] = self.order
+        state = {
+            "history": asdict(self.history),
+            "position": position,
+            "monitor": self.monitor.state_dict(),
+            "rollbacks_used": self.rollbacks_used,
+            "settings": self.settings,
+        }
+        with interrupts.deferred():
+            checkpoint.save(
+                self.checkpoint,
+                self.flow,
+                self.optimizer,
+                self.scheduler,
+                self.generator,
+                state,
+                self.best_state,
+                tensors,
+            )
+
+    def resume(self) -> None:
+        """Continue from the checkpoint: refuse changed settings, apply the allowed ones."""
+        metadata, tensors = checkpoint.read(self.checkpoint)
+        saved = metadata.get("settings") or {}
+        changed = [
+            key for key in REFUSED_ON_RESUME if key in saved and saved[key] != self.settings[key]
+        ]
+        if changed:
+            details = "; ".join(_describe_change(k, saved[k], self.settings[k]) for k in changed)
+            raise ValueError(
+                f"cannot resume from {self.checkpoint / CHECKPOINT}: {details}; resume with "
+                "the run's own settings, or start a new checkpoint directory"
+            )
+        self.best_state = checkpoint.restore(
+            metadata, tensors, self.flow, self.optimizer, self.scheduler, self.generator
+        )
+        self.history = History(**metadata["history"])
+        stopped_early = self.history.stopped.startswith("early stop")
+        self.history.stopped, self.history.signal = "finished", None
+        self.monitor.load_state_dict(metadata.get("monitor") or self.monitor.state_dict())
+        self.rollbacks_used = metadata.get("rollbacks_used", 0)
+        position = metadata.get("position")
+        if position is not None:
+            self.epoch, self.step = position["epoch"], position["step"]
+            self.total, self.count = position["total"], position["count"]
+            self.seconds = position["seconds"]
+            self.order = checkpoint.extra_tensors(tensors)["order"]
+        else:
+            self.epoch, self.step = len(self.history.epochs), 0
+        self.history.events.append({"event": "resumed", "epoch": self.epoch + 1, "step": self.step})
+        for key in ("lr", "clip", "patience"):
+            if key in saved and saved[key] != self.settings[key]:
+                self._change(key, saved[key], self.settings[key])
+        if "epochs" in saved and saved["epochs"] != self.epochs:
+            self._extend(saved["epochs"])
+        self.done = stopped_early and saved.get("patience") == self.patience
+        if self.done:
+            self.history.stopped = metadata["history"]["stopped"]
+
+    def _change(self, key: str, old: Any, new: Any) -> None:
+        """Apply a setting changed on resume, and record it."""
+        if key == "lr":
+            scale_learning_rate(self.optimizer, self.scheduler, new / old)
+        self.history.events.append(
+            {"event": f"{key} changed", "from": old, "to": new, "epoch": self.epoch + 1}
+        )
+
+    def _extend(self, planned_epochs: int) -> None:
+        """A new number of epochs on resume: re-plan the cosine schedule over what is left."""
+        finished = self.epoch >= planned_epochs and self.step == 0
+        self.history.events.append(
+            {"event": "epochs changed", "from": planned_epochs, "to": self.epochs}
+        )
+        if self.schedule != "cosine" or self.global_step >= self.total_steps:
+            return
+        start = self.lr if finished else self.optimizer.param_groups[0]["lr"]
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["initial_lr"] = start
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            self.optimizer, T_max=self.total_steps - self.global_step
+        )
+
+    # --- divergence -------------------------------------------------------------------
+
+    def _bad_step(self, loss: float, what: str | None = None) -> None:
+        """Roll back after a bad loss, or stop with :class:`DivergenceError`."""
+        where = f"epoch {self.epoch + 1}, step {self.step + 1}"
+        if what is None:
+            limit = self.monitor.limit()
+            what = f"the training loss became {loss:.6g}" + (
+                f" (above the running limit {limit:.6g})" if math.isfinite(loss) else ""
+            )
+        if self.rollback.state is not None and self.rollbacks_used < self.rollbacks:
+            self.rollbacks_used += 1
+            lr = self.rollback.restore(self.scheduler, 0.5)[0]
+            self.history.events.append(
+                {
+                    "event": "rollback",
+                    "epoch": self.epoch + 1,
+                    "step": self.step + 1,
+                    "loss": loss if math.isfinite(loss) else str(loss),
+                    "to_step": self.rollback.step,
+                    "lr": lr,
+                }
+            )
+            tqdm.write(
+                f"flowforge fit: {what} at {where}; rolled back to global step "
+                f"{self.rollback.step} with the learning rate halved to {lr:.3g} "
+                f"(rollback {self.rollbacks_used} of {self.rollbacks})",
+                file=sys.stderr,
+            )
+            return
+        kept = "the best epoch's weights" if self.keep_best and self.best_state else None
+        if self.rollback.state is not None:
+            self.rollback.restore(self.scheduler, 1.0)
+            kept = kept or f"the last good weights (global step {self.rollback.step})"
+        self.history.stopped = "diverged"
+        self.history.events.append(
+            {"event": "diverged", "epoch": self.epoch + 1, "step": self.step + 1}
+        )
+        advice = (
+            f"lower the learning rate (now {self.optimizer.param_groups[0]['lr']:.3g}) or set clip"
+        )
+        after = f" after {self.rollbacks_used} rollbacks" if self.rollbacks else ""
+        kept_text = f"; kept {kept}" if kept else "; no good state to keep"
+        raise DivergenceError(f"{what} at {where}{after}{kept_text}; {advice}", self.history)
+
+    # --- the loop ---------------------------------------------------------------------
+
+    def run(self, progress: bool, tensorboard: str | Path | None) -> History:
+        flow = self.flow
+        writer = _tensorboard(tensorboard)
+        validate_args, flow.validate_args = flow.validate_args, False  # data checked up front
+        # A bar on a terminal; one line per epoch elsewhere (a log file, CI, nohup), where a
+        # bar's carriage returns would make one line of tens of thousands of characters.
+        self.epoch_lines = progress and not _is_terminal(sys.stderr)
+        bar = tqdm(
+            total=self.total_steps,
+            initial=min(self.global_step, self.total_steps),
+            disable=not progress or self.epoch_lines,
+            unit="step",
+            dynamic_ncols=True,
+        )
+        try:
+            if self.rollback.state is None and self.global_step > 0:
+                self.rollback.keep(self.global_step)  # resumed: the checkpoint's state is good
+            while self.epoch < self.epochs and not self.done:
+                if self._run_epoch(bar, writer):
+                    break
+        except interrupts.Interrupted as stop:  # a step or a save ended; the state is whole
+            self.history.stopped = (
+                f"interrupted by {stop.name} at epoch {self.epoch + 1}, step {self.step}"
+            )
+            self.history.signal = stop.signum
+            self.save()
+            self._write_metrics()
+        except KeyboardInterrupt:  # raised by other code: the last checkpoint stays as it is
+            self.history.stopped = f"interrupted at epoch {self.epoch + 1}"
+        finally:
+            bar.close()
+            flow.validate_args = validate_args
+            if writer is not None:
+                writer.close()
+            if self.best_state is not None and self.keep_best:
+                flow.load_state_dict(self.best_state)
+            flow.eval()
+        return self.history
+
+    def _run_epoch(self, bar, writer) -> bool:
+        """Train the rest of the current epoch, validate, record, save; return whether to
+        stop early."""
+        flow, train = self.flow, self.train
+        flow.train()
+        started = time.perf_counter() - self.seconds
+        if self.order is None:
+            with interrupts.deferred():
+                self.order = torch.randperm(len(train), generator=self.generator)
+                self.step, self.total, self.count = 0, 0.0, 0
+        while self.step < self.steps_per_epoch:
+            with interrupts.deferred():
+                self._train_step()
+                self.seconds = time.perf_counter() - started
+                bar.update()
+                if self.step % 10 == 0:
+                    running = self.total / max(self.count, 1)
+                    bar.set_postfix_str(_postfix(self.epoch, running, self.history), refresh=False)
+                every = self.checkpoint_every
+                if every and self.global_step % every == 0 and self.step < self.steps_per_epoch:
+                    self.save()
+        with interrupts.deferred():
+            return self._end_epoch(bar, writer, time.perf_counter() - started)
+
+    def _train_step(self) -> None:
+        train = self.train
+        index = self.order[self.step * self.batch_size : (self.step + 1) * self.batch_size]
+        x = train.dequantize(train.x[index], self.generator).to(self.flow.device, self.flow.dtype)
+        context = None
+        if train.context is not None:
+            context = train.context[index].to(self.flow.device, self.flow.dtype)
+        loss = -self.flow.log_prob(x, context).mean()
+        value = loss.item()
+        if self.monitor.check(value):
+            if self.global_step % SNAPSHOT_EVERY == 0:
+                self.rollback.keep(self.global_step)  # the weights whose loss was just good
+            gradient_step(self.optimizer, loss, self.clip)
+            self.total += value * len(index)
+            self.count += len(index)
+        else:
+            self._bad_step(value)
+        if self.schedule == "cosine":
+            self.scheduler.step()
+        self.step += 1
+
+    def _end_epoch(self, bar, writer, seconds: float) -> bool:
+        flow, val, train = self.flow, self.val, self.train
+        if not finite_parameters(flow):
+            self._bad_step(math.nan, "the weights became non-finite")
+        record: dict[str, Any] = {
+            "epoch": self.epoch + 1,
+            "train_nll": self.total / self.count if self.count else None,
+            "val_nll": None,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "seconds": round(seconds, 3),
+        }
+        if train.discrete and record["train_nll"] is not None:
+            record["train_bpd"] = train.bits_per_dim(record["train_nll"])
+        improved = False
+        if val is not None:
+            report = evaluate(flow, val, seed=1)
+            if math.isfinite(report.nll):
                 record["val_nll"] = report.nll
                 if report.bits_per_dim is not None:
                     record["val_bpd"] = report.bits_per_dim
-                if history.best_val_nll is None or report.nll < history.best_val_nll:
+                if self.history.best_val_nll is None or report.nll < self.history.best_val_nll:
                     improved = True
-                    history.best_val_nll, history.best_epoch = report.nll, epoch + 1
-                    if keep_best:
-                        best_state = _copy_state(flow)
-                if schedule == "plateau":
-                    scheduler.step(report.nll)
-            history.epochs.append(record)
-            _log(writer, record)
-            bar.set_postfix_str(_postfix(epoch, record["train_nll"], history), refresh=True)
-            if callback is not None:
-                callback(record)
-            if checkpoint is not None:
-                save_checkpoint(
-                    Path(checkpoint),
-                    flow,
-                    optimizer,
-                    scheduler,
-                    asdict(history),
-                    best_state,
-                    generator,
-                )
-            if (
-                patience is not None
-                and not improved
-                and history.best_epoch is not None
-                and epoch + 1 - history.best_epoch >= patience
-            ):
-                history.stopped = f"early stop: no better validation NLL in {patience} epochs"
-                break
-    except KeyboardInterrupt:  # stop cleanly: the best weights are kept and returned
-        history.stopped = f"interrupted at epoch {len(history.epochs) + 1}"
-    except FloatingPointError as error:
-        history.stopped = "diverged"
-        error.history = history  # what was done before, for the caller
-        raise
-    finally:
-        bar.close()
-        flow.validate_args = validate_args
-        if writer is not None:
-            writer.close()
-        if best_state is not None:
-            flow.load_state_dict(best_state)
-        flow.eval()
-    return history
+                    self.history.best_val_nll, self.history.best_epoch = report.nll, self.epoch + 1
+                    if self.keep_best:
+                        self.best_state = _copy_state(flow)
+            else:  # never the best epoch; JSON has no infinities
+                record["val_nll_not_finite"] = str(report.nll)
+            if self.schedule == "plateau":
+                self.scheduler.step(report.nll if math.isfinite(report.nll) else math.inf)
+        self.history.epochs.append(record)
+        _log(writer, record)
+        bar.set_postfix_str(_postfix(self.epoch, record["train_nll"] or math.nan, self.history))
+        if self.epoch_lines:
+            print(_epoch_line(record, self.epochs, self.history), file=sys.stderr, flush=True)
+        if self.callback is not None:
+            self.callback(record)
+        self.epoch, self.step, self.order = self.epoch + 1, 0, None
+        self.total, self.count, self.seconds = 0.0, 0, 0.0
+        self.save()
+        self._write_metrics()
+        patience, best = self.patience, self.history.best_epoch
+        if (
+            patience is not None
+            and not improved
+            and best is not None
+            and self.epoch - best >= patience
+        ):
+            self.history.stopped = f"early stop: no better validation NLL in {patience} epochs"
+            return True
+        return False
+
+    def _write_metrics(self) -> None:
+        if self.metrics is not None:
+            write_metrics(self.history, self.metrics)
+
+
+def _describe_change(key: str, old: Any, new: Any) -> str:
+    """One clause naming a setting that changed between a checkpoint and a resume."""
+    if key in ("train", "val"):
+        if old is None or new is None:
+            then, now = ("absent", "given") if old is None else ("given", "absent")
+            return f"the {key} split was {then} and is now {now}"
+        if old["n"] != new["n"]:
+            return f"the {key} data changed ({old['n']} samples, now {new['n']})"
+        return f"the {key} data changed (same size, other values)"
+    if key == "model" and isinstance(old, dict) and isinstance(new, dict):
+        keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        return (
+            "the model changed ("
+            + ", ".join(f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in keys)
+            + ")"
+        )
+    return f"{key} was {old!r} and is now {new!r}"
 
 
 def adam(parameters, lr: float, weight_decay: float = 0.0) -> torch.optim.Optimizer:
@@ -350,6 +655,22 @@ def check_optimisation(lr: float, clip: float | None, **counts: int) -> None:
         raise ValueError(f"clip must be a positive number or None, got {clip!r}")
 
 
+def _check_safety(checkpoint_every, divergence_threshold, rollbacks) -> None:
+    if checkpoint_every is not None:
+        check_optimisation(1.0, None, checkpoint_every=checkpoint_every)
+    if divergence_threshold is not None and not (
+        isinstance(divergence_threshold, int | float)
+        and not isinstance(divergence_threshold, bool)
+        and divergence_threshold > 0
+        and math.isfinite(divergence_threshold)
+    ):
+        raise ValueError(
+            f"divergence_threshold must be a positive number or None, got {divergence_threshold!r}"
+        )
+    if isinstance(rollbacks, bool) or not isinstance(rollbacks, int) or rollbacks < 0:
+        raise ValueError(f"rollbacks must be an integer >= 0, got {rollbacks!r}")
+
+
 def _check_arguments(epochs, batch_size, lr, schedule, clip, patience) -> None:
     check_optimisation(lr, clip, epochs=epochs, batch_size=batch_size)
     if schedule is not None and schedule not in SCHEDULES:
@@ -377,6 +698,30 @@ def _postfix(epoch: int, running: float, history: History) -> str:
     return text
 
 
+def _is_terminal(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # replaced or closed streams
+        return False
+
+
+def _epoch_line(record: dict[str, Any], epochs: int, history: History) -> str:
+    """One line of progress for a log: ``epoch 3/100  train 1.0912  val 1.0874 (best 1.0874
+    at 3)  lr 9.8e-04  1.4 s``."""
+
+    def number(value: Any) -> str:
+        return "n/a" if value is None else f"{value:.4f}"
+
+    line = f"epoch {record['epoch']}/{epochs}  train {number(record['train_nll'])}"
+    if "val_nll" in record and (record["val_nll"] is not None or "val_nll_not_finite" in record):
+        line += f"  val {number(record['val_nll'])}"
+        if history.best_epoch is not None:
+            line += f" (best {history.best_val_nll:.4f} at {history.best_epoch})"
+    if "val_bpd" in record:
+        line += f"  {record['val_bpd']:.4f} bits/dim"
+    return line + f"  lr {record['lr']:.2e}  {record['seconds']:.3g} s"
+
+
 def _tensorboard(log_dir: str | Path | None):
     if log_dir is None:
         return None
@@ -398,9 +743,18 @@ def _log(writer, record: dict[str, Any]) -> None:
             writer.add_scalar(key, value, record["epoch"])
 
 
-def write_metrics(history: History, path: Path) -> None:
-    """One JSON line per epoch."""
-    path.write_text("".join(json.dumps(record) + "\n" for record in history.epochs))
+def write_metrics(history: History, path: str | Path) -> None:
+    """One JSON line per epoch, replacing ``path`` atomically."""
+    atomic.write_text(path, "".join(json.dumps(record) + "\n" for record in history.epochs))
 
 
-__all__ = ["History", "Report", "as_split", "evaluate", "fit", "nll_values", "write_metrics"]
+__all__ = [
+    "DivergenceError",
+    "History",
+    "Report",
+    "as_split",
+    "evaluate",
+    "fit",
+    "nll_values",
+    "write_metrics",
+]

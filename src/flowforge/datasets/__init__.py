@@ -15,11 +15,16 @@ import os
 from types import ModuleType
 from typing import Any
 
+from ..limits import check_elements
 from . import images
 from .base import Dataset, Split, split_three
 from .cifar import cifar10
 from .files import is_data_file, load_file
 from .images import digits, mnist
+
+# Peak memory of drawing a toy data set, in float32-sized numbers per sample (measured 20 to
+# 26 with toys.make: float64 draws, noise and curve points, then the float32 splits).
+_TOY_NUMBERS_PER_SAMPLE = 24
 
 _IMAGES: dict[str, str] = {
     "digits": "scikit-learn's 1,797 8x8 digits, pixel values 0..16 (levels 17), split 70/15/15",
@@ -76,7 +81,14 @@ def load(
     if not named and is_data_file(name):
         data = load_file(name, n=n, seed=seed, context_columns=context_columns)
     elif name in toys.TOYS:
-        data = toys.make(name, 20_000 if n is None else n, seed)
+        n = 20_000 if n is None else n
+        if isinstance(n, int):  # toys.make checks the rest
+            check_elements(
+                n * _TOY_NUMBERS_PER_SAMPLE,
+                f"toy data {name!r} of n={n:,} samples (drawing them takes about "
+                f"{_TOY_NUMBERS_PER_SAMPLE} float32-sized numbers per sample)",
+            )
+        data = toys.make(name, n, seed)
     elif name == "digits":
         data = digits(seed)
     elif name == "mnist":

@@ -11,7 +11,11 @@ Three formats, told apart by the file's suffix:
 
 ``context_columns`` (indices, or header names for a CSV file) splits columns of ``x`` off as
 the context, for ``.csv`` and ``.npy`` files and ``.npz`` files without a ``context`` array.
-Files are read without pickle. Values become float32 and must be finite; the rows are
+Files are read without pickle, and only regular files are read: a FIFO (whose opening would
+block), device or directory is refused before it is opened (:func:`check_file`). An array
+whose header declares more numbers than ``FLOWFORGE_MAX_ELEMENTS``
+(:mod:`flowforge.limits`), or more bytes than the file holds, is refused before numpy
+allocates it. Values become float32 and must be finite; the rows are
 shuffled with ``seed`` and split 80/10/10 into train / validation / test (continuous data:
 ``levels`` is None).
 
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 import re
 import zipfile
@@ -38,6 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..limits import BudgetError, check_elements
 from .base import Dataset, Split, split_three
 
 SUFFIXES = (".npz", ".npy", ".csv")
@@ -50,7 +56,21 @@ def is_data_file(name: str | os.PathLike) -> bool:
     """Whether ``name`` refers to a data file rather than a named dataset: it ends in
     ``.npz``, ``.npy`` or ``.csv`` (in any case), or it is an existing file."""
     path = Path(name)
-    return path.suffix.lower() in SUFFIXES or path.is_file()
+    if path.suffix.lower() in SUFFIXES:
+        return True
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte
+        return False
+
+
+def check_file(path: str | os.PathLike) -> None:
+    """Refuse, before opening it, a data file that is missing (``FileNotFoundError``) or not
+    a regular file: a FIFO (whose opening would block), a device, a socket or a directory
+    (``ValueError``). A symbolic link to a regular file is followed."""
+    from ..io import check_regular_file
+
+    check_regular_file(path, what=f"data file {path}")
 
 
 def load_file(
@@ -97,8 +117,7 @@ def read_arrays(
         raise ValueError(
             f"{path}: unsupported data file type {path.suffix!r}; expected .npz, .npy or .csv"
         )
-    if not path.is_file():
-        raise FileNotFoundError(f"data file {path} does not exist")
+    check_file(path)
     header: list[str] | None = None
     context = None
     if suffix == ".npz":
@@ -170,8 +189,37 @@ def _first_line(error: BaseException) -> str:
     return (str(error).splitlines() or [type(error).__name__])[0]
 
 
+def _check_npz_arrays(path: Path) -> None:
+    """Refuse an ``x`` or ``context`` array of an .npz archive whose header declares more
+    numbers than ``FLOWFORGE_MAX_ELEMENTS`` or more bytes than the archive holds for it
+    (numpy would allocate the declared size before reading)."""
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if info.filename not in ("x.npy", "context.npy"):
+                continue
+            with archive.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+                else:
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+                offset = member.tell()
+            _check_declared(path, info.filename[:-4], shape, dtype, info.file_size - offset)
+
+
+def _check_declared(path: Path, name: str, shape: tuple, dtype: np.dtype, size: int) -> None:
+    count = math.prod(shape)
+    check_elements(count, f"{path}: array {name!r} of shape {tuple(shape)}")
+    if not dtype.hasobject and count * dtype.itemsize > size:
+        raise ValueError(
+            f"array {name!r} declares shape {tuple(shape)} of {count * dtype.itemsize:,} bytes, "
+            f"but only {size:,} follow (a truncated file?)"
+        )
+
+
 def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     try:
+        _check_npz_arrays(path)
         with np.load(path, allow_pickle=False) as archive:
             if not isinstance(archive, np.lib.npyio.NpzFile):
                 raise ValueError("it holds a single array (an .npy file?)")
@@ -183,18 +231,27 @@ def _read_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
                 )
             x = archive["x"]
             context = archive["context"] if "context" in keys else None
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+    except BudgetError:
+        raise
+    except Exception as error:  # zipfile, zlib and numpy's header parser raise many kinds
         raise ValueError(f"{path} is not a usable .npz file: {_first_line(error)}") from None
     return x, context
 
 
 def _read_npy(path: Path) -> np.ndarray:
+    """The array of an .npy file, mapped first (so that a header declaring more than the file
+    holds is refused, not allocated), checked against ``FLOWFORGE_MAX_ELEMENTS``, then read."""
     try:
-        array = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as error:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        if not isinstance(array, np.ndarray):
+            array.close()  # an NpzFile
+            raise ValueError("it is an .npz archive")
+        check_elements(array.size, f"{path}: an array of shape {array.shape}")
+        array = np.array(array)
+    except BudgetError:
+        raise
+    except Exception as error:  # numpy's header parser raises SyntaxError, TokenError, ...
         raise ValueError(f"{path} is not a usable .npy file: {_first_line(error)}") from None
-    if not isinstance(array, np.ndarray):
-        raise ValueError(f"{path} is not a usable .npy file: it is an .npz archive")
     return array
 
 
@@ -207,9 +264,11 @@ def _is_number(text: str) -> bool:
 
 
 def read_csv(path: Path) -> tuple[np.ndarray, list[str] | None]:
-    """The numbers in a CSV file ``(N, D)`` and its header's names (None without one)."""
+    """The numbers in a CSV file ``(N, D)`` and its header's names (None without one). The
+    file is checked first to be a regular file (see :func:`check_file`)."""
+    check_file(path)
     try:
-        text = path.read_text()
+        text = Path(path).read_text()
     except (OSError, UnicodeDecodeError) as error:
         raise ValueError(f"{path} cannot be read as text: {_first_line(error)}") from None
     header: list[str] | None = None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -41,7 +43,7 @@ class ActNorm(Transform):
     inverse call that tracks gradients in training mode (variational inference, which trains
     the generative direction) starts from the identity instead. Either way the ``initialized``
     flag is set; it is a buffer, so it is saved in the state dict and a loaded model is not
-    re-initialised.
+    re-initialised. An empty batch has no statistics: it passes through without initialising.
 
     Args:
         features: number of features (``D`` for vectors, ``C`` for images).
@@ -69,16 +71,16 @@ class ActNorm(Transform):
         self.initialized.fill_(True)
 
     def _logdet(self, x: Tensor) -> Tensor:
-        positions = x[0].numel() // self.log_scale.numel()
+        positions = math.prod(x.shape[1:]) // self.log_scale.numel()
         return (-positions * self.log_scale.sum()).expand(x.shape[0])
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        if not self.initialized:
+        if x.shape[0] > 0 and not self.initialized:
             self.initialize(x)
         return (x - self.loc) * torch.exp(-self.log_scale), self._logdet(x)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        if not self.initialized and self.training and torch.is_grad_enabled():
+        if z.shape[0] > 0 and not self.initialized and self.training and torch.is_grad_enabled():
             self.initialized.fill_(True)
         return z * self.log_scale.exp() + self.loc, -self._logdet(z)
 

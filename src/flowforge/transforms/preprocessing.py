@@ -42,7 +42,7 @@ class Logit(Transform):
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         s = self.alpha + (1 - 2 * self.alpha) * x
-        if not torch.compiler.is_compiling():
+        if s.numel() and not torch.compiler.is_compiling():
             low, high = torch.aminmax(s)
             if low < 0 or high > 1:
                 raise ValueError(
