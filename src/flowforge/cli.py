@@ -224,19 +224,19 @@ def _add_fit(commands) -> None:
     options.add_argument("--patience", type=_positive, help="early stopping on validation NLL")
     options.add_argument(
         "--checkpoint-every",
-        type=int,
+        type=_positive,
         metavar="STEPS",
         help="also checkpoint every STEPS steps inside an epoch (default: at epoch ends)",
     )
     options.add_argument(
         "--divergence-threshold",
-        type=float,
+        type=_number(strict=True),
         metavar="SPREADS",
         help="a loss this many spreads above the running loss is a divergence (default 10)",
     )
     options.add_argument(
         "--rollbacks",
-        type=int,
+        type=_at_least(0),
         help="rollbacks to the last good state, each halving the learning rate, before a "
         "divergence stops the run (default 5)",
     )
