@@ -117,6 +117,24 @@ def test_rollbacks_run_out_into_a_divergence_error_with_the_last_good_weights():
     assert all(torch.isfinite(p).all() for p in flow.parameters())
 
 
+def test_weights_that_turn_non_finite_are_rolled_back_before_they_are_saved(tmp_path):
+    flow = small_flow()
+
+    def poison(record):  # after validation, before the epoch's checkpoint
+        if record["epoch"] == 1:
+            with torch.no_grad():
+                next(flow.parameters()).fill_(math.nan)
+
+    history = ff.fit(
+        flow, correlated(2000, 0), epochs=2, checkpoint=tmp_path, callback=poison, **OPTIONS
+    )
+    rollbacks = [e for e in history.events if e["event"] == "rollback"]
+    assert len(rollbacks) == 1 and rollbacks[0]["to_step"] == 25
+    _, tensors = checkpoint.read(tmp_path)
+    assert all(t.isfinite().all() for k, t in tensors.items() if k.startswith("model."))
+    assert history.stopped == "finished" and all(p.isfinite().all() for p in flow.parameters())
+
+
 def test_an_exploding_loss_is_caught_relative_to_the_running_loss():
     monitor = DivergenceMonitor(threshold=10.0, warmup=5)
     losses = [2.0 - 0.01 * i + 0.02 * math.sin(i) for i in range(100)]

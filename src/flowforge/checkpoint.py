@@ -25,6 +25,7 @@ from torch import Tensor
 
 from . import atomic
 from .flow import Flow
+from .io import one_line
 
 CHECKPOINT = "checkpoint.safetensors"
 FORMAT = "flowforge-checkpoint/2"
@@ -99,8 +100,7 @@ def read(directory: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
             text = (handle.metadata() or {}).get("flowforge")
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
-        reason = " ".join(str(error).split())[:200] or type(error).__name__
-        raise CheckpointError(f"{path} is unreadable ({reason}); {advice}") from None
+        raise CheckpointError(f"{path} is unreadable ({one_line(error)}); {advice}") from None
     try:
         metadata = json.loads(text) if text else None
     except ValueError:

@@ -16,6 +16,7 @@ import torch
 import yaml
 
 from . import __version__, interrupts, models
+from .io import one_line
 from .made import MADE
 from .nn import MLP, ConvResNet
 from .training import DivergenceError
@@ -535,23 +536,18 @@ def _main(args: argparse.Namespace) -> int:
     except (ValueError, TypeError, OSError, ImportError, FloatingPointError) as error:
         if debug:
             raise
-        print(f"{prefix}: error: {_one_line(error)}", file=sys.stderr)
+        print(f"{prefix}: error: {one_line(error)}", file=sys.stderr)
         return EXIT_ERROR
     except Exception as error:
         if debug:
             raise
         print(
-            f"{prefix}: internal error: {type(error).__name__}: {_one_line(error)} "
+            f"{prefix}: internal error: {type(error).__name__}: {one_line(error)} "
             "(run again with --debug for the traceback, and please report it)",
             file=sys.stderr,
         )
         return EXIT_INTERNAL
     return 0
-
-
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= 400 else text[:397] + "..."
 
 
 def _saved(stop: interrupts.Interrupted) -> str:

@@ -58,7 +58,8 @@ class RunFileError(ValueError):
     link out of its directory, too large, or malformed."""
 
 
-def _one_line(error: BaseException) -> str:
+def one_line(error: BaseException) -> str:
+    """An error's message on one line of at most 300 characters (its type if it has none)."""
     text = " ".join(str(error).split()) or type(error).__name__
     return text if len(text) <= 300 else text[:297] + "..."
 
@@ -98,15 +99,15 @@ def check_regular_file(
     except FileNotFoundError:
         raise FileNotFoundError(f"{name} does not exist") from None
     except (OSError, ValueError) as error:  # a name too long, a NUL byte, no permission
-        raise RunFileError(f"{name} cannot be looked at: {_one_line(error)}") from None
+        raise RunFileError(f"{name} cannot be looked at: {one_line(error)}") from None
     try:
         info = os.stat(path)
         real = path.resolve(strict=True)
         home = None if inside is None else Path(inside).resolve(strict=True)
     except PermissionError as error:
-        raise RunFileError(f"{name} cannot be looked at: {_one_line(error)}") from None
+        raise RunFileError(f"{name} cannot be looked at: {one_line(error)}") from None
     except (OSError, RuntimeError) as error:
-        reason = _one_line(error)
+        reason = one_line(error)
         raise RunFileError(f"{name} is a broken or looping symbolic link ({reason})") from None
     if home is not None and not real.is_relative_to(home):
         raise RunFileError(
@@ -138,7 +139,7 @@ def read_text(
         # Non-blocking, so that a FIFO put in the file's place after the check cannot hang.
         handle = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as error:
-        raise RunFileError(f"{name} cannot be read: {_one_line(error)}") from None
+        raise RunFileError(f"{name} cannot be read: {one_line(error)}") from None
     with os.fdopen(handle, "rb") as file:
         if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
             raise RunFileError(f"{name} is not a regular file")
@@ -218,7 +219,7 @@ def load(
     except FileNotFoundError:  # said below, as for a directory without the files
         is_directory, holds = True, "does not exist, so holds"
     except (OSError, ValueError) as error:
-        raise RunFileError(f"{directory} cannot be looked at: {_one_line(error)}") from None
+        raise RunFileError(f"{directory} cannot be looked at: {one_line(error)}") from None
     if not is_directory:
         raise RunFileError(f"{directory} is not a directory (expected a run directory)")
     description_path, weights_path = directory / MODEL_JSON, directory / MODEL_WEIGHTS
@@ -233,9 +234,9 @@ def load(
     try:
         flow = models.build(description["config"], max_parameters=max_parameters)
     except limits.BudgetError as error:
-        raise limits.BudgetError(f"{description_path}: {_one_line(error)}") from None
+        raise limits.BudgetError(f"{description_path}: {one_line(error)}") from None
     except (ValueError, TypeError) as error:
-        raise RunFileError(f"{description_path}: {_one_line(error)}") from None
+        raise RunFileError(f"{description_path}: {one_line(error)}") from None
     flow = flow.to(getattr(torch, description["dtype"]))
     flow.load_state_dict(read_weights(weights_path, flow))
     return flow.to(target).eval()
@@ -272,7 +273,7 @@ def read_description(path: str | os.PathLike, inside: str | os.PathLike | None =
     except RecursionError:
         raise RunFileError(f"{path} is nested too deeply to be a model description") from None
     except ValueError as error:  # json.JSONDecodeError, or an integer of too many digits
-        raise RunFileError(f"{path} is not valid JSON: {_one_line(error)}") from None
+        raise RunFileError(f"{path} is not valid JSON: {one_line(error)}") from None
     expected = f"a flowforge model description ({FORMAT}: an object of format, dtype, config)"
     if not isinstance(description, dict):
         raise RunFileError(f"{path} holds {_json_kind(description)}; expected {expected}")
@@ -329,7 +330,7 @@ def read_weights(path: str | os.PathLike, flow: Flow) -> dict[str, Tensor]:
                 found[key] = (tuple(part.get_shape()), part.get_dtype())
     except Exception as error:  # safetensors raises SafetensorError, OSError, ...
         raise RunFileError(
-            f"{path} is not a readable safetensors file: {_one_line(error)}"
+            f"{path} is not a readable safetensors file: {one_line(error)}"
         ) from None
     missing = [key for key in expected if key not in found]
     unexpected = [key for key in found if key not in expected]
@@ -359,5 +360,5 @@ def read_weights(path: str | os.PathLike, flow: Flow) -> dict[str, Tensor]:
         return load_file(str(path))
     except Exception as error:
         raise RunFileError(
-            f"{path} is not a readable safetensors file: {_one_line(error)}"
+            f"{path} is not a readable safetensors file: {one_line(error)}"
         ) from None

@@ -33,7 +33,15 @@ from .config import VI_DEFAULTS, ConfigError, finite_number, read_yaml, resolve,
 from .datasets.base import Dataset, Split
 from .datasets.files import read_csv
 from .flow import Flow
-from .training import DivergenceError, History, fit, nll_values, report_of, write_metrics
+from .training import (
+    DivergenceError,
+    History,
+    fit,
+    nll_values,
+    report_of,
+    write_metrics,
+    write_records,
+)
 from .variational import VariationalHistory, fit_variational
 
 CONFIG_FILE = "config.yaml"
@@ -367,7 +375,7 @@ def _metrics_writer(out: Path) -> Callable[[dict[str, Any]], None]:
 
     def write(record: dict[str, Any]) -> None:
         records.append(record)
-        atomic.write_text(out / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in records))
+        write_records(records, out / METRICS_FILE)
 
     return write
 
@@ -596,15 +604,11 @@ def sample_run(
 
     A conditional run needs a ``context``: one context ``(k,)`` gives ``n`` samples
     ``(n, D)`` of ``q(x | c)``; ``m`` contexts ``(m, k)`` give ``n`` samples for each,
-    ``(m, n, D)``. An unconditional run takes none. ``n`` must be positive and ``temperature``
-    finite and >= 0; samples above :func:`flowforge.limits.max_elements` numbers are refused
-    before they are drawn."""
-    from .limits import check_elements
-
+    ``(m, n, D)``. An unconditional run takes none. ``n`` must be positive (and
+    ``temperature`` finite and >= 0, as :meth:`flowforge.Flow.sample` checks); samples above
+    :func:`flowforge.limits.max_elements` numbers are refused before they are drawn."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"the number of samples must be a positive integer, got {n!r}")
-    if finite_number(temperature) is None or temperature < 0:
-        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
     if seed is not None:
         torch.manual_seed(seed)
     flow = io.load(run_dir)
@@ -619,7 +623,7 @@ def sample_run(
     size = math.prod(flow.event_shape)
     shape = tuple(flow.event_shape)
     if context is None:
-        check_elements(n * size, f"{n:,} samples of shape {shape}")
+        limits.check_elements(n * size, f"{n:,} samples of shape {shape}")
         return flow.sample(n, temperature=temperature).cpu().numpy()
     values = torch.as_tensor(np.asarray(context, dtype=np.float64)).to(flow.dtype)
     single = values.dim() == 1
@@ -632,7 +636,7 @@ def sample_run(
     if not torch.isfinite(values).all():
         raise ValueError("the context contains NaN or infinite values")
     count = f"{n:,} samples of shape {shape} for each of {len(values):,} contexts"
-    check_elements(len(values) * n * size, count)
+    limits.check_elements(len(values) * n * size, count)
     samples = flow.sample(n, context=values, temperature=temperature)
     return (samples[0] if single else samples).cpu().numpy()
 
@@ -877,9 +881,7 @@ class CallableTarget:
     def _probe(self, n: int = 4) -> None:
         """Call the function once on a small batch and check what it returns, so that a wrong
         function fails here with one line rather than inside training."""
-        from .limits import check_elements
-
-        check_elements(n * self.dim, f"a test batch of target {self.name!r}")
+        limits.check_elements(n * self.dim, f"a test batch of target {self.name!r}")
         z = torch.randn(n, self.dim, generator=torch.Generator().manual_seed(0))
         expected = (
             f"target {self.name!r} must map a tensor (N, {self.dim}) to log-densities, a "
@@ -931,14 +933,12 @@ def make_vi_config(
     config_file: str | Path | None = None, overrides: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
     """The checked configuration of a variational run: defaults < file < flags."""
-    from .limits import check_elements
-
     file_values = read_yaml(config_file) if config_file else {}
     config = resolve(file_values, overrides, defaults=VI_DEFAULTS)
     _check_given_once(config, file_values, overrides, ("layers", "hidden", "base"))
     if config["dim"] is not None:
         batch = f"a batch of {config['batch_size']:,} draws of dimension {config['dim']:,}"
-        check_elements(config["batch_size"] * config["dim"], batch)
+        limits.check_elements(config["batch_size"] * config["dim"], batch)
     config["model_args"] = {"base": config["base"], **config["model_args"]}
     config["_given"] = sorted(set(file_values) | {k for k, v in (overrides or {}).items() if v})
     return config

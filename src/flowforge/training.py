@@ -257,8 +257,16 @@ def fit(
 
 
 SNAPSHOT_EVERY = 25  # steps between in-memory copies of the last good training state
-REFUSED_ON_RESUME = ("model", "train", "val", "batch_size", "weight_decay", "schedule", "seed")
-REFUSED_ON_RESUME += ("dtype",)
+REFUSED_ON_RESUME = (
+    "model",
+    "train",
+    "val",
+    "batch_size",
+    "weight_decay",
+    "schedule",
+    "seed",
+    "dtype",
+)
 
 
 class _Trainer:
@@ -266,10 +274,8 @@ class _Trainer:
 
     def __init__(self, flow: Flow, train: Split, val: Split | None, **options: Any) -> None:
         self.flow, self.train, self.val = flow, train, val
-        self.options = options
-        for name, value in options.items():
+        for name, value in options.items():  # epochs, batch_size, lr, ... as fit's arguments
             setattr(self, name, value)
-        self.seed = options["seed"]
         self.generator = torch.Generator().manual_seed(0 if self.seed is None else self.seed)
         self.optimizer = adam(flow.parameters(), self.lr, self.weight_decay)
         self.steps_per_epoch = math.ceil(len(train) / self.batch_size)
@@ -743,9 +749,14 @@ def _log(writer, record: dict[str, Any]) -> None:
             writer.add_scalar(key, value, record["epoch"])
 
 
+def write_records(records: list[dict[str, Any]], path: str | Path) -> None:
+    """One JSON line per record, replacing ``path`` atomically."""
+    atomic.write_text(path, "".join(json.dumps(record) + "\n" for record in records))
+
+
 def write_metrics(history: History, path: str | Path) -> None:
-    """One JSON line per epoch, replacing ``path`` atomically."""
-    atomic.write_text(path, "".join(json.dumps(record) + "\n" for record in history.epochs))
+    """One JSON line per epoch of ``history``, replacing ``path`` atomically."""
+    write_records(history.epochs, path)
 
 
 __all__ = [
