@@ -38,8 +38,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from flowforge.made import MADE
-from flowforge.nn import MLP
+from flowforge.nn.made import MADE
+from flowforge.nn.mlp import MLP
 from flowforge.transforms.coupling import AffineCoupling
 
 from . import flowforge_models, peers

@@ -196,7 +196,7 @@ def _u1() -> Callable[[Tensor], Tensor]:
     """The unnormalised log-density of case E's target, flowforge's U1."""
     import flowforge
 
-    return flowforge.targets.get("u1").log_prob
+    return flowforge.inference.targets.get("u1").log_prob
 
 
 class _DropContext(nn.Module):

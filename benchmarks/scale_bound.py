@@ -40,8 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from flowforge.made import MADE
-from flowforge.nn import MLP
+from flowforge.nn.made import MADE
+from flowforge.nn.mlp import MLP
 from flowforge.transforms.autoregressive import AffineAutoregressive, Autoregressive
 
 from . import flowforge_models, quality

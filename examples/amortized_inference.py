@@ -3,7 +3,7 @@ true posterior.
 
 A conditional flow is trained by maximum likelihood on pairs theta ~ p(theta),
 x ~ p(x | theta); it then gives the posterior for any new x without retraining. Two simulators
-whose posterior is known (flowforge.simulators) let us check it:
+whose posterior is known (flowforge.inference.simulators) let us check it:
 
 - posterior mean and covariance errors against the exact posterior of test observations
   (linear-Gaussian: closed form; two moons: a 1000 x 1000 grid), beside the same errors of
@@ -14,6 +14,8 @@ whose posterior is known (flowforge.simulators) let us check it:
   chi-square test of uniformity.
 
 OMP_NUM_THREADS=1 python examples/amortized_inference.py --out runs/amortized-nsf  # ~10 min
+
+FLOWFORGE_EXAMPLE_SCALE=0.01 shrinks every default size (the test suite runs it so).
 
 Writes, per simulator, RUN/<simulator>/{sbc.png, posteriors.png, loss.png, model.*} and
 RUN/results.json, and prints a markdown table.
@@ -36,9 +38,16 @@ import torch
 
 import flowforge as ff
 from flowforge import plots
-from flowforge.calibration import posterior_errors, sbc_ranks, sbc_uniformity
 from flowforge.datasets import Dataset, Split
-from flowforge.simulators import SIMULATORS, Simulator
+from flowforge.inference.calibration import posterior_errors, sbc_ranks, sbc_uniformity
+from flowforge.inference.simulators import SIMULATORS, Simulator
+
+SCALE = float(os.environ.get("FLOWFORGE_EXAMPLE_SCALE", "1"))  # 1: the full study
+
+
+def scaled(n: int) -> int:
+    """A default size times ``FLOWFORGE_EXAMPLE_SCALE`` (at least 2)."""
+    return max(2, round(n * SCALE))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,12 +56,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--simulator", choices=[*SIMULATORS, "both"], default="both", help="(default: both)"
     )
     parser.add_argument(
-        "--simulations", type=int, default=100_000, help="simulated pairs, split 80/10/10"
+        "--simulations", type=int, default=scaled(100_000), help="simulated pairs, split 80/10/10"
     )
-    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--epochs", type=int, default=scaled(40))
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--model", default="nsf", help="a builder of flowforge.models.MODELS")
+    parser.add_argument("--model", default="nsf", help="a builder of flowforge.flows.models.MODELS")
     parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--hidden", type=int, nargs="+", default=[64, 64])
     parser.add_argument("--tail-bound", type=float, default=3.0, help="of spline models")
@@ -61,9 +70,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="conditional-normal",
         help="normal, or conditional-normal: a diagonal Gaussian computed from x",
     )
-    parser.add_argument("--test-observations", type=int, default=100)
-    parser.add_argument("--posterior-samples", type=int, default=1000, help="per observation")
-    parser.add_argument("--sbc-simulations", type=int, default=500)
+    parser.add_argument("--test-observations", type=int, default=scaled(100))
+    parser.add_argument(
+        "--posterior-samples", type=int, default=scaled(1000), help="per observation"
+    )
+    parser.add_argument("--sbc-simulations", type=int, default=scaled(500))
     parser.add_argument("--sbc-samples", type=int, default=99, help="posterior draws per SBC run")
     parser.add_argument("--out", type=Path, default=Path("runs/amortized"))
     parser.add_argument("--seed", type=int, default=0)

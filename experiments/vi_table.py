@@ -21,7 +21,9 @@ from pathlib import Path
 import torch
 from tables import write_results
 
-from flowforge import io, plots, runs, targets
+from flowforge import plots, runs
+from flowforge.flows import io
+from flowforge.inference import targets
 
 TARGETS = ("u1", "u2", "u3", "u4")
 # Every run: batch 500, Adam with a cosine schedule, a learnable diagonal-Gaussian base.

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import flowforge.transforms as T
-from flowforge import models
+from flowforge.flows import models
 
 
 @dataclass(frozen=True)

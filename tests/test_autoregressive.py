@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import flowforge as ff
-from flowforge.made import MADE, input_degrees
+from flowforge.nn.made import MADE, input_degrees
 
 from cases import randomize
 from tolerances import inf_norm_of_jacobian, made_operations, rounding_bound

@@ -11,7 +11,7 @@ from matplotlib.image import imread
 from scipy import stats
 
 from flowforge import plots
-from flowforge.calibration import (
+from flowforge.inference.calibration import (
     _chi2_sf,
     posterior_errors,
     rank_bins,
@@ -19,7 +19,7 @@ from flowforge.calibration import (
     sbc_ranks,
     sbc_uniformity,
 )
-from flowforge.simulators import LinearGaussian, TwoMoons
+from flowforge.inference.simulators import LinearGaussian, TwoMoons
 
 SIMULATOR = LinearGaussian(theta_dim=2, x_dim=3, noise=0.5, seed=0)
 

@@ -30,7 +30,7 @@ def test_version_and_help_from_a_subprocess():
 def test_demo_prints_every_model(capsys):
     assert main(["demo", "--seed", "1"]) == 0
     out = capsys.readouterr().out
-    for name in flowforge.models.MODELS:
+    for name in flowforge.flows.models.MODELS:
         row = next(line for line in out.splitlines() if line.startswith(f"{name} "))
         mean_log_p = float(row.split()[3])
         round_trip, gap = (float(v) for v in row.split()[-3:-1])
@@ -118,7 +118,11 @@ def test_bad_config_gives_one_clear_line(tmp_path, capsys, content, message):
 def test_list_shows_every_dataset_and_model(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    names = [*flowforge.datasets.DATASETS, *flowforge.models.MODELS, *flowforge.targets.TARGETS]
+    names = [
+        *flowforge.datasets.DATASETS,
+        *flowforge.flows.models.MODELS,
+        *flowforge.inference.targets.TARGETS,
+    ]
     for name in names:
         assert f"  {name} " in out
 
@@ -183,4 +187,16 @@ def test_fit_into_a_log_file_writes_one_short_line_per_epoch(tmp_path):
     assert [line.split()[1] for line in lines[:4]] == ["1/4", "2/4", "3/4", "4/4"]
     assert lines[0].startswith("epoch 1/4  train ") and " val " in lines[0]
     assert len(lines) == 5 and lines[-1].startswith("finished after 4 epochs")
+    assert max(len(line) for line in lines) <= 200 and "\r" not in log.read_text()
+
+
+def test_vi_into_a_log_file_writes_one_short_line_every_twentieth_of_the_steps(tmp_path):
+    out, log = tmp_path / "run", tmp_path / "log.txt"
+    command = [sys.executable, "-m", "flowforge", "vi", "--target", "u1", "--model", "planar"]
+    command += ["--layers", "2", "--steps", "2000", "--out", str(out), "--no-plots"]
+    with log.open("w") as handle:
+        subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, check=True)
+    lines = log.read_text().splitlines()
+    assert [line.split()[1] for line in lines[:-1]] == [f"{k}/2000" for k in range(100, 2001, 100)]
+    assert lines[0].startswith("step 100/2000  elbo ") and lines[-1].startswith("finished after")
     assert max(len(line) for line in lines) <= 200 and "\r" not in log.read_text()

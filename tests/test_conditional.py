@@ -10,7 +10,7 @@ import torch
 
 import flowforge as ff
 from flowforge.datasets import Split
-from flowforge.distributions import ConditionalDiagNormal
+from flowforge.flows.distributions import ConditionalDiagNormal
 
 from cases import randomize
 

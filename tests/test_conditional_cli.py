@@ -15,8 +15,8 @@ import yaml
 import flowforge
 from flowforge import datasets
 from flowforge.cli import main
-from flowforge.config import ConfigError
-from flowforge.runs import build_model, make_config
+from flowforge.runs.config import ConfigError
+from flowforge.runs.setup import build_model, make_config
 
 NOISE = 0.1  # x | c ~ N(c, NOISE^2 I) in 2-D, c ~ U(-2, 2)^2
 FAST = [

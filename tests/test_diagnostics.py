@@ -13,7 +13,7 @@ import torch
 from scipy.stats import genpareto
 
 import flowforge as ff
-from flowforge.diagnostics import (
+from flowforge.inference.diagnostics import (
     Diagnostics,
     diagnose,
     importance_log_z,

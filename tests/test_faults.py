@@ -23,9 +23,10 @@ import torch
 import yaml
 
 import flowforge as ff
-from flowforge import atomic, checkpoint, interrupts
 from flowforge.cli import main
-from flowforge.divergence import DivergenceMonitor
+from flowforge.runtime import atomic, interrupts
+from flowforge.training import checkpoint
+from flowforge.training.divergence import DivergenceMonitor
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
@@ -352,7 +353,7 @@ def test_resuming_from_a_truncated_or_foreign_checkpoint_is_one_line(tmp_path, c
 
 SLOW = """
 import sys, time
-import flowforge.runs as runs
+import flowforge.runs.density as runs  # where fit_run looks these names up
 from flowforge.cli import main
 phase = sys.argv[1]
 def slow(function):
@@ -366,7 +367,7 @@ if phase == "setup":
 elif phase == "plotting":
     runs.plot_run = slow(runs.plot_run)
 elif phase == "saving":
-    import flowforge.io as io
+    import flowforge.flows.io as io
     original = io.save
     def save(flow, out):
         print("PHASE", flush=True)

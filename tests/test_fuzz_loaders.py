@@ -23,8 +23,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import flowforge
-from flowforge import datasets, io, models, runs
-from flowforge.config import DEFAULTS, VI_DEFAULTS, read_yaml, resolve
+from flowforge import datasets, runs
+from flowforge.flows import io, models
+from flowforge.runs.config import DEFAULTS, VI_DEFAULTS, read_yaml, resolve
 
 ALLOWED = (ValueError, TypeError, FileNotFoundError)
 SCALE = settings.default.max_examples  # 6 by default, 60 with HYPOTHESIS_PROFILE=thorough

@@ -31,10 +31,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import flowforge
-from flowforge import io, models, runs
+from flowforge import runs
 from flowforge.cli import main
-from flowforge.config import ConfigError, read_yaml, write_yaml
-from flowforge.limits import BudgetError
+from flowforge.flows import io, models
+from flowforge.runs.config import ConfigError, read_yaml, write_yaml
+from flowforge.runtime.limits import BudgetError
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs (POSIX)")
 
@@ -710,7 +711,7 @@ def test_data_files_declaring_more_than_they_hold_are_refused(tmp_path):
 
 
 def test_writes_are_atomic_and_durable(tmp_path, monkeypatch):
-    """flowforge.save and config.write_yaml write through flowforge.atomic: each file is
+    """flowforge.save and config.write_yaml write through flowforge.runtime.atomic: each file is
     flushed to the disk and renamed into place, and a write that fails leaves the old file
     and no temporary behind."""
     synced = []

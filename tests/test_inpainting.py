@@ -14,7 +14,7 @@ from torch import nn
 
 import flowforge as ff
 from flowforge import plots
-from flowforge.inpainting import gaussian_fill, inpaint, make_mask, mean_fill, psnr
+from flowforge.applications.inpainting import gaussian_fill, inpaint, make_mask, mean_fill, psnr
 from flowforge.transforms import ActNorm, Compose, Permutation, Transform
 
 from cases import randomize

@@ -214,7 +214,7 @@ def test_samples_images_need_a_shape_for_non_square_vectors(tmp_path):
 
 
 def test_vi_grid_and_panels(tmp_path):
-    from flowforge import targets
+    from flowforge.inference import targets
 
     target = targets.get("u1")
     flows = [(f"planar K = {k}", ff.models.planar(2, k)) for k in (1, 2)]

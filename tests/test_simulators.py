@@ -10,7 +10,7 @@ import torch
 from matplotlib.image import imread
 
 from flowforge import plots
-from flowforge.simulators import SIMULATORS, LinearGaussian, TwoMoons
+from flowforge.inference.simulators import SIMULATORS, LinearGaussian, TwoMoons
 
 
 def grid_2d(low: tuple[float, float], high: tuple[float, float], n: int):

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import flowforge.transforms as T
-from flowforge import models
+from flowforge.flows import models
 from flowforge.transforms.spline import rational_quadratic, softmax, spline_knots
 
 bins_ = st.integers(min_value=1, max_value=10)

@@ -1,4 +1,4 @@
-"""flowforge.targets: the paper's energies against hand evaluations, log Z by quadrature
+"""flowforge.inference.targets: the paper's energies against hand evaluations, log Z by quadrature
 against closed forms, samplers against their densities, and behaviour far out."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import pytest
 import torch
 from scipy import stats
 
-from flowforge import targets
-from flowforge.targets import quadrature_log_normalizer
+from flowforge.inference import targets
+from flowforge.inference.targets import quadrature_log_normalizer
 
 NAMES = ["u1", "u2", "u3", "u4", "banana", "funnel", "gmm", "gaussian"]
 ENERGIES = ["u1", "u2", "u3", "u4"]

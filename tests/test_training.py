@@ -9,7 +9,7 @@ import torch
 
 import flowforge as ff
 from flowforge.datasets import Split
-from flowforge.training import evaluate, fit
+from flowforge.training.loop import evaluate, fit
 
 COVARIANCE = torch.tensor([[1.0, 0.8], [0.8, 1.0]])
 
@@ -205,3 +205,19 @@ def test_tensorboard_logging_or_a_clear_error(tmp_path):
     else:
         fit(small_flow(), gaussian_data(50, 0), epochs=1, progress=False, tensorboard=tmp_path)
         assert any(tmp_path.iterdir())
+
+
+def test_fit_and_fit_variational_take_a_device_name_as_the_command_line_does():
+    """``device="auto"`` (CUDA where there is one, else the CPU) works from Python too, and a
+    device the machine lacks is a one-line ValueError rather than torch's error."""
+    flow = ff.models.realnvp(dim=2, layers=2, hidden=(8,))
+    data = ff.datasets.load("two-moons", n=600, seed=0)
+    ff.fit(flow, data.train, epochs=1, progress=False, device="auto")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert flow.device.type == expected
+    ff.fit_variational(
+        flow, ff.targets.get("u1"), steps=2, batch_size=8, progress=False, device="auto"
+    )
+    missing = f"cuda:{torch.cuda.device_count()}"  # one past the last GPU: never there
+    with pytest.raises(ValueError, match=f"{missing}. (was asked for|does not exist)"):
+        ff.fit(flow, data.train, epochs=1, progress=False, device=missing)

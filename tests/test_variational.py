@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import flowforge as ff
-from flowforge import targets
 from flowforge.cli import main
-from flowforge.diagnostics import diagnose
-from flowforge.variational import annealing, fit_variational
+from flowforge.inference import targets
+from flowforge.inference.diagnostics import diagnose
+from flowforge.inference.variational import annealing, fit_variational
 
 
 @pytest.mark.parametrize("model", ["realnvp", "iaf"])

@@ -1,9 +1,10 @@
 """flowforge: normalizing flows on PyTorch, every log-determinant verified.
 
->>> import torch, flowforge as ff
->>> flow = ff.models.realnvp(dim=2, layers=8, hidden=(64, 64))
->>> flow.log_prob(torch.randn(512, 2)).shape
-torch.Size([512])
+Examples:
+    >>> import torch, flowforge as ff
+    >>> flow = ff.models.realnvp(dim=2, layers=8, hidden=(64, 64))
+    >>> flow.log_prob(torch.randn(512, 2)).shape
+    torch.Size([512])
 
 The subpackages and names below are imported on first use (PEP 562), so that
 ``import flowforge`` is quick and the command line can take charge of signals before torch
@@ -21,37 +22,55 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
-_SUBMODULES = (
-    "baselines",
-    "calibration",
-    "datasets",
-    "distributions",
-    "inpainting",
-    "made",
-    "models",
-    "nn",
-    "simulators",
-    "targets",
-    "transforms",
-)
+# the public subpackages and modules, by the short name they have on ``flowforge``
+_SUBMODULES = {
+    "applications": "applications",
+    "atomic": "runtime.atomic",
+    "baselines": "flows.baselines",
+    "calibration": "inference.calibration",
+    "checkpoint": "training.checkpoint",
+    "config": "runs.config",
+    "datasets": "datasets",
+    "devices": "runtime.devices",
+    "diagnostics": "inference.diagnostics",
+    "distributions": "flows.distributions",
+    "divergence": "training.divergence",
+    "flows": "flows",
+    "inference": "inference",
+    "inpainting": "applications.inpainting",
+    "interrupts": "runtime.interrupts",
+    "io": "flows.io",
+    "limits": "runtime.limits",
+    "made": "nn.made",
+    "models": "flows.models",
+    "nn": "nn",
+    "plots": "plots",
+    "runs": "runs",
+    "runtime": "runtime",
+    "simulators": "inference.simulators",
+    "targets": "inference.targets",
+    "training": "training",
+    "transforms": "transforms",
+    "variational": "inference.variational",
+}
 _NAMES = {
-    "ConditionalDiagNormal": "distributions",
-    "DiagNormal": "distributions",
-    "Diagnostics": "diagnostics",
+    "ConditionalDiagNormal": "flows.distributions",
+    "DiagNormal": "flows.distributions",
+    "Diagnostics": "inference.diagnostics",
     "DivergenceError": "training",
-    "Flow": "flow",
+    "Flow": "flows.flow",
     "History": "training",
     "Report": "training",
-    "StandardLogistic": "distributions",
-    "StandardNormal": "distributions",
-    "VariationalHistory": "variational",
-    "diagnose": "diagnostics",
+    "StandardLogistic": "flows.distributions",
+    "StandardNormal": "flows.distributions",
+    "VariationalHistory": "inference.variational",
+    "diagnose": "inference.diagnostics",
     "evaluate": "training",
     "fit": "training",
-    "fit_variational": "variational",
-    "inpaint": "inpainting",
-    "load": "io",
-    "save": "io",
+    "fit_variational": "inference.variational",
+    "inpaint": "applications.inpainting",
+    "load": "flows.io",
+    "save": "flows.io",
 }
 
 __all__ = sorted(["__version__", *_SUBMODULES, *_NAMES])
@@ -59,12 +78,13 @@ __all__ = sorted(["__version__", *_SUBMODULES, *_NAMES])
 
 def __getattr__(name: str) -> Any:
     if name in _SUBMODULES:
-        return importlib.import_module(f".{name}", __name__)
-    if name in _NAMES:
+        value = importlib.import_module(f".{_SUBMODULES[name]}", __name__)
+    elif name in _NAMES:
         value = getattr(importlib.import_module(f".{_NAMES[name]}", __name__), name)
-        globals()[name] = value  # later lookups skip this function
-        return value
-    raise AttributeError(f"module 'flowforge' has no attribute {name!r}")
+    else:
+        raise AttributeError(f"module 'flowforge' has no attribute {name!r}")
+    globals()[name] = value  # later lookups skip this function
+    return value
 
 
 def __dir__() -> list[str]:
@@ -72,28 +92,41 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the names as eager imports
-    from . import (  # noqa: F401
-        baselines,
-        calibration,
+    from flowforge import (  # noqa: F401  # noqa: F401
+        applications,
         datasets,
-        distributions,
-        inpainting,
-        made,
-        models,
+        flows,
+        inference,
         nn,
-        simulators,
-        targets,
+        plots,
+        runs,
+        runtime,
+        training,
         transforms,
     )
-    from .diagnostics import Diagnostics, diagnose  # noqa: F401
-    from .distributions import (  # noqa: F401
+    from flowforge.applications import inpainting  # noqa: F401
+    from flowforge.applications.inpainting import inpaint  # noqa: F401
+    from flowforge.flows import baselines, distributions, io, models  # noqa: F401
+    from flowforge.flows.distributions import (  # noqa: F401
         ConditionalDiagNormal,
         DiagNormal,
         StandardLogistic,
         StandardNormal,
     )
-    from .flow import Flow  # noqa: F401
-    from .inpainting import inpaint  # noqa: F401
-    from .io import load, save  # noqa: F401
-    from .training import DivergenceError, History, Report, evaluate, fit  # noqa: F401
-    from .variational import VariationalHistory, fit_variational  # noqa: F401
+    from flowforge.flows.flow import Flow  # noqa: F401
+    from flowforge.flows.io import load, save  # noqa: F401
+    from flowforge.inference import calibration, diagnostics, simulators, targets, variational  # noqa: F401  # noqa: F401
+    from flowforge.inference.diagnostics import Diagnostics, diagnose  # noqa: F401
+    from flowforge.inference.variational import VariationalHistory, fit_variational  # noqa: F401
+    from flowforge.nn import made  # noqa: F401
+    from flowforge.runs import config  # noqa: F401
+    from flowforge.runtime import atomic, devices, interrupts, limits  # noqa: F401
+    from flowforge.training import (  # noqa: F401
+        DivergenceError,
+        History,
+        Report,
+        checkpoint,
+        divergence,
+        evaluate,
+        fit,
+    )

@@ -1,3 +1,3 @@
-from .console import main
+from flowforge.console import main
 
 raise SystemExit(main())

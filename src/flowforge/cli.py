@@ -15,11 +15,13 @@ import numpy as np
 import torch
 import yaml
 
-from . import __version__, interrupts, models
-from .io import one_line
-from .made import MADE
-from .nn import MLP, ConvResNet
-from .training import DivergenceError
+from flowforge import __version__
+from flowforge.flows import models
+from flowforge.nn.made import MADE
+from flowforge.nn.mlp import MLP, ConvResNet
+from flowforge.runtime import interrupts
+from flowforge.runtime.files import one_line
+from flowforge.training.loop import DivergenceError
 
 
 def demo(seed: int = 0) -> None:
@@ -170,7 +172,7 @@ def _run_parser(commands, name: str, help: str, description: str, defaults: str)
     parser = _add_command(commands, name, help=help, description=description)
     parser.add_argument("--out", required=True, help="run directory to write")
     parser.add_argument("--config", help="YAML file of options (keys as the flags, with _)")
-    options = parser.add_argument_group(f"options (default: see flowforge.config.{defaults})")
+    options = parser.add_argument_group(f"options (default: see flowforge.runs.config.{defaults})")
     options.add_argument("--model", help="model name (flowforge list)")
     options.add_argument("--layers", type=_positive)
     options.add_argument("--hidden", type=_widths, help="conditioner widths, e.g. 64,64")
@@ -334,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _list() -> None:
-    from . import datasets
+    from flowforge import datasets
 
     print("datasets:")
     for name, description in datasets.DATASETS.items():
@@ -343,7 +345,7 @@ def _list() -> None:
         f"  {'FILE':<14} your own data: FILE.npz (arrays x (N, D), optional context (N, k)), "
         "FILE.npy (N, D) or FILE.csv (--context-columns); split 80/10/10"
     )
-    from . import targets
+    from flowforge.inference import targets
 
     print("targets (flowforge vi):")
     for name, description in targets.TARGETS.items():
@@ -356,7 +358,7 @@ def _list() -> None:
 
 def _train(args: argparse.Namespace) -> None:
     """``flowforge fit`` and ``flowforge vi``."""
-    from . import runs
+    from flowforge import runs
 
     if args.model_args is not None:
         args.model_args = dict(args.model_args)
@@ -387,7 +389,7 @@ def _check_training(config: dict, out: str) -> None:
     """Refuse, before anything is built or written, a run that would fail later: a device
     this machine lacks, TensorBoard logging without tensorboard, an ``--out`` that cannot
     be a directory. The device is stored resolved (``auto`` -> ``cpu`` or ``cuda``)."""
-    from . import devices
+    from flowforge.runtime import devices
 
     config["device"] = str(devices.resolve(config["device"]))
     _check_directory(out, "--out")
@@ -436,7 +438,8 @@ def _check_sample_out(out: Path) -> None:
 
 
 def _run(args: argparse.Namespace) -> None:
-    from . import limits, runs
+    from flowforge import runs
+    from flowforge.runtime import limits
 
     if args.command in ("fit", "vi"):
         _train(args)
@@ -490,13 +493,13 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def config_keys() -> list[str]:
-    from .config import DEFAULTS
+    from flowforge.runs.config import DEFAULTS
 
     return list(DEFAULTS)
 
 
 def vi_config_keys() -> list[str]:
-    from .config import VI_DEFAULTS
+    from flowforge.runs.config import VI_DEFAULTS
 
     return list(VI_DEFAULTS)
 

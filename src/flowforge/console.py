@@ -2,7 +2,7 @@
 
 Importing torch takes a second or two; a Ctrl-C or SIGTERM in that time would otherwise end
 in Python's ``KeyboardInterrupt`` traceback. Here either exits at once with the shell's
-status for the signal (130, 143), then :func:`flowforge.cli.main` takes over.
+status for the signal (130, 143), then `flowforge.cli.main()` takes over.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ def _exit_quietly(signum: int, frame) -> None:
 
 
 def main() -> int:
-    """Run the command line (see :mod:`flowforge.cli`)."""
+    """Run the command line (see `flowforge.cli`)."""
     for number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(number, _exit_quietly)
-    from .cli import main as run  # imports torch
+    from flowforge.cli import main as run  # imports torch
 
     return run(sys.argv[1:])
 

@@ -1,11 +1,12 @@
 """Datasets by name: 2-D toys with known densities and entropies, and image sets; and
 tabular data from local ``.npz`` / ``.npy`` / ``.csv`` files, optionally with a context for
-conditional density estimation (see :mod:`flowforge.datasets.files`).
+conditional density estimation (see `flowforge.datasets.files`).
 
->>> from flowforge import datasets
->>> data = datasets.load("two-moons", n=1000, seed=0)
->>> len(data.train), len(data.val), len(data.test), data.event_shape
-(800, 100, 100, torch.Size([2]))
+Examples:
+    >>> from flowforge import datasets
+    >>> data = datasets.load("two-moons", n=1000, seed=0)
+    >>> len(data.train), len(data.val), len(data.test), data.event_shape
+    (800, 100, 100, torch.Size([2]))
 """
 
 from __future__ import annotations
@@ -15,12 +16,12 @@ import os
 from types import ModuleType
 from typing import Any
 
-from ..limits import check_elements
-from . import images
-from .base import Dataset, Split, split_three
-from .cifar import cifar10
-from .files import is_data_file, load_file
-from .images import digits, mnist
+from flowforge.datasets import images
+from flowforge.datasets.base import Dataset, Split, split_three
+from flowforge.datasets.cifar import cifar10
+from flowforge.datasets.files import is_data_file, load_file
+from flowforge.datasets.images import digits, mnist
+from flowforge.runtime.limits import check_elements
 
 # Peak memory of drawing a toy data set, in float32-sized numbers per sample (measured 20 to
 # 26 with toys.make: float64 draws, noise and curve points, then the float32 splits).
@@ -60,18 +61,18 @@ def load(
     flatten: bool = False,
     context_columns: str | int | list[int | str] | None = None,
 ) -> Dataset:
-    """The dataset ``name`` (see :data:`DATASETS`) or in the data file ``name``, its splits
+    """The dataset ``name`` (see `DATASETS`) or in the data file ``name``, its splits
     fixed by ``seed``.
 
-    A name in :data:`DATASETS` is always that dataset; anything else that ends in ``.npz``,
-    ``.npy`` or ``.csv``, or is an existing file, is read by :func:`files.load_file` (``n``
+    A name in `DATASETS` is always that dataset; anything else that ends in ``.npz``,
+    ``.npy`` or ``.csv``, or is an existing file, is read by `files.load_file()` (``n``
     keeps a random subset of ``n`` rows; ``context_columns`` splits columns off as the
     context; ``data_dir`` is unused).
 
-    Toys draw ``n`` samples (20,000 if None) split 80/10/10 (:func:`toys.make`); ``digits``
+    Toys draw ``n`` samples (20,000 if None) split 80/10/10 (`toys.make()`); ``digits``
     ignores ``n`` and ``data_dir``; ``mnist`` reads from ``data_dir`` (see
-    :func:`images.find_mnist`) and ``cifar10`` from ``data_dir`` in its binary or python
-    version (see :func:`cifar.find_cifar10`); both keep ``n`` training images if given.
+    `images.find_mnist()`) and ``cifar10`` from ``data_dir`` in its binary or python
+    version (see `cifar.find_cifar10()`); both keep ``n`` training images if given.
     ``flatten=True`` returns samples as vectors ``(N, D)``.
     """
     toys = _toys()

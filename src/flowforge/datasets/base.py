@@ -16,10 +16,12 @@ class Split:
 
     Continuous data (``levels is None``) are modelled as they are. Discrete data hold integer
     values ``k`` in ``[0, levels)`` (pixels: ``levels = 256``); they are modelled in
-    :math:`[0, 1]^D` after uniform dequantisation, :math:`x = (k + u)/L`,
-    :math:`u \sim U(0, 1)^D`, the convention of the NICE paper. Then
+    $[0, 1]^D$ after uniform dequantisation, $x = (k + u)/L$,
+    $u \sim U(0, 1)^D$, the convention of the NICE paper. Then
 
-    .. math:: \text{bits/dim} = \frac{\mathrm{NLL}_{[0,1]} + D \log L}{D \log 2}
+    $$
+    \text{bits/dim} = \frac{\mathrm{NLL}_{[0,1]} + D \log L}{D \log 2}
+    $$
 
     is an upper bound on the discrete model's code length per dimension.
 
@@ -70,9 +72,9 @@ class Split:
 class Dataset:
     """A named dataset with train / validation / test splits that are fixed by the seed.
 
-    ``entropy`` is the differential entropy :math:`H(p)` in nats of the distribution the data
+    ``entropy`` is the differential entropy $H(p)$ in nats of the distribution the data
     were drawn from, where it is known (the 2-D toys), so that a model's test NLL minus it
-    estimates :math:`KL(p \\| q)`. ``log_prob`` is that distribution's log-density.
+    estimates $KL(p \\| q)$. ``log_prob`` is that distribution's log-density.
     """
 
     name: str

@@ -11,10 +11,10 @@ plain reshape of the stored rows.
 * The python version (``cifar-10-batches-py``): ``data_batch_1`` .. ``data_batch_5`` and
   ``test_batch``, each a pickled dict whose ``b"data"`` is a uint8 array ``(N, 3072)`` and
   ``b"labels"`` a list of ints. Pickles can run code, so these are read by
-  :class:`SafeUnpickler`, which refuses every global except the few numpy needs to rebuild an
+  `SafeUnpickler`, which refuses every global except the few numpy needs to rebuild an
   array: a file that names anything else is rejected before anything in it is called.
 
-Both are at https://www.cs.toronto.edu/~kriz/cifar.html. :func:`cifar10` returns the images as
+Both are at https://www.cs.toronto.edu/~kriz/cifar.html. `cifar10()` returns the images as
 ``(N, 3, 32, 32)`` float32 tensors of integers 0..255 with ``levels=256``.
 """
 
@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import Dataset, pixel_dataset
+from flowforge.datasets.base import Dataset, pixel_dataset
 
 try:  # numpy >= 2
     from numpy._core import multiarray as _multiarray
@@ -56,7 +56,7 @@ CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
 """The binary version's archive, fetched by ``download=True``."""
 
 CIFAR10_MD5 = "c32a1d4ab5d03f1284b67883e8d87530"
-"""MD5 of :data:`CIFAR10_URL`'s archive."""
+"""MD5 of `CIFAR10_URL`'s archive."""
 
 _HOME = "https://www.cs.toronto.edu/~kriz/cifar.html"
 _ARCHIVE_FOLDER = "cifar-10-batches-bin"
@@ -98,7 +98,7 @@ def _check_labels(labels: np.ndarray, path: Path) -> None:
 
 
 def read_cifar10_binary(folder: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read the binary version from ``folder`` (the files of :data:`BINARY_FILES`).
+    """Read the binary version from ``folder`` (the files of `BINARY_FILES`).
 
     Each file is a run of 3,073-byte records (label byte, then 1,024 red, 1,024 green and
     1,024 blue bytes, each plane 32x32 row-major); the record count comes from the file size.
@@ -154,7 +154,7 @@ del _core
 class SafeUnpickler(pickle.Unpickler):
     """An unpickler for plain data: dicts, lists, tuples, str, bytes, numbers and numpy
     arrays. Any other global a pickle names (``os.system``, ``builtins.eval``, a class) is
-    refused with :class:`CIFARPickleError` when it is looked up, before it could be called.
+    refused with `CIFARPickleError` when it is looked up, before it could be called.
     """
 
     def __init__(self, file: io.BufferedIOBase, source: str = "pickle") -> None:
@@ -208,15 +208,15 @@ def _read_python_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def read_cifar10_python(folder: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read the python version from ``folder`` (the files of :data:`PYTHON_FILES`).
+    """Read the python version from ``folder`` (the files of `PYTHON_FILES`).
 
     Each file is a pickled dict with ``b"data"``, a uint8 array ``(N, 3072)`` (rows laid out
     as in the binary version), and ``b"labels"``, N ints 0..9 (str keys are accepted too).
-    The pickles are read with :class:`SafeUnpickler` (``encoding="bytes"``), never with
-    :func:`pickle.load`.
+    The pickles are read with `SafeUnpickler` (``encoding="bytes"``), never with
+    `pickle.load`.
 
     Returns:
-        The same four uint8 arrays as :func:`read_cifar10_binary`.
+        The same four uint8 arrays as `read_cifar10_binary()`.
 
     Raises:
         CIFARPickleError: a file that refers to anything but plain data and numpy arrays.
@@ -269,8 +269,8 @@ def find_cifar10(data_dir: str | os.PathLike | None = None) -> tuple[str, Path]:
 
 
 def download_cifar10(data_dir: str | os.PathLike | None = None) -> Path:
-    """Fetch :data:`CIFAR10_URL`, check its MD5 and extract the six batch files into
-    ``<root>/cifar-10-batches-bin`` (root as in :func:`find_cifar10`); returns that folder.
+    """Fetch `CIFAR10_URL`, check its MD5 and extract the six batch files into
+    ``<root>/cifar-10-batches-bin`` (root as in `find_cifar10()`); returns that folder.
 
     Only regular-file members named ``cifar-10-batches-bin/<one of BINARY_FILES>`` are
     written, under their fixed names, so no member can land outside the folder.
@@ -308,9 +308,9 @@ def download_cifar10(data_dir: str | os.PathLike | None = None) -> Path:
 def read_cifar10(
     data_dir: str | os.PathLike | None = None, download: bool = False
 ) -> dict[str, np.ndarray]:
-    """The four CIFAR-10 arrays by role (see :func:`read_cifar10_binary`), from whichever
-    version :func:`find_cifar10` finds; ``download=True`` fetches the binary version first
-    when neither is found (see :func:`download_cifar10`)."""
+    """The four CIFAR-10 arrays by role (see `read_cifar10_binary()`), from whichever
+    version `find_cifar10()` finds; ``download=True`` fetches the binary version first
+    when neither is found (see `download_cifar10()`)."""
     try:
         kind, folder = find_cifar10(data_dir)
     except FileNotFoundError:
@@ -332,7 +332,7 @@ def cifar10(
     Splits: val = the last tenth (rounded down) of the training images, train = the rest,
     test = the test batch; for the real data 45,000 / 5,000 / 10,000. ``n`` keeps only ``n``
     training images, a random subset chosen with ``seed`` (in file order); without ``n`` the
-    seed is unused. Labels are not kept. Files are looked for as in :func:`find_cifar10`.
+    seed is unused. Labels are not kept. Files are looked for as in `find_cifar10()`.
     """
     arrays = read_cifar10(data_dir, download)
     images = torch.from_numpy(arrays["train_images"])

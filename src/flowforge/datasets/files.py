@@ -12,21 +12,22 @@ Three formats, told apart by the file's suffix:
 ``context_columns`` (indices, or header names for a CSV file) splits columns of ``x`` off as
 the context, for ``.csv`` and ``.npy`` files and ``.npz`` files without a ``context`` array.
 Files are read without pickle, and only regular files are read: a FIFO (whose opening would
-block), device or directory is refused before it is opened (:func:`check_file`). An array
+block), device or directory is refused before it is opened (`check_file()`). An array
 whose header declares more numbers than ``FLOWFORGE_MAX_ELEMENTS``
-(:mod:`flowforge.limits`), or more bytes than the file holds, is refused before numpy
+(`flowforge.runtime.limits`), or more bytes than the file holds, is refused before numpy
 allocates it. Values become float32 and must be finite; the rows are
 shuffled with ``seed`` and split 80/10/10 into train / validation / test (continuous data:
 ``levels`` is None).
 
->>> import numpy as np, tempfile, os
->>> path = os.path.join(tempfile.mkdtemp(), "data.npz")
->>> rng = np.random.default_rng(0)
->>> c = rng.uniform(-1, 1, (100, 1))
->>> np.savez(path, x=np.hstack([c, c]) + 0.1 * rng.normal(size=(100, 2)), context=c)
->>> data = load_file(path)
->>> len(data.train), data.train.context.shape
-(80, torch.Size([80, 1]))
+Examples:
+    >>> import numpy as np, tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "data.npz")
+    >>> rng = np.random.default_rng(0)
+    >>> c = rng.uniform(-1, 1, (100, 1))
+    >>> np.savez(path, x=np.hstack([c, c]) + 0.1 * rng.normal(size=(100, 2)), context=c)
+    >>> data = load_file(path)
+    >>> len(data.train), data.train.context.shape
+    (80, torch.Size([80, 1]))
 """
 
 from __future__ import annotations
@@ -43,8 +44,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..limits import BudgetError, check_elements
-from .base import Dataset, Split, split_three
+from flowforge.datasets.base import Dataset, Split, split_three
+from flowforge.runtime.limits import BudgetError, check_elements
 
 SUFFIXES = (".npz", ".npy", ".csv")
 MIN_ROWS = 10  # so that each of the 80/10/10 splits holds at least one row
@@ -68,7 +69,7 @@ def check_file(path: str | os.PathLike) -> None:
     """Refuse, before opening it, a data file that is missing (``FileNotFoundError``) or not
     a regular file: a FIFO (whose opening would block), a device, a socket or a directory
     (``ValueError``). A symbolic link to a regular file is followed."""
-    from ..io import check_regular_file
+    from flowforge.runtime.files import check_regular_file
 
     check_regular_file(path, what=f"data file {path}")
 
@@ -265,7 +266,7 @@ def _is_number(text: str) -> bool:
 
 def read_csv(path: Path) -> tuple[np.ndarray, list[str] | None]:
     """The numbers in a CSV file ``(N, D)`` and its header's names (None without one). The
-    file is checked first to be a regular file (see :func:`check_file`)."""
+    file is checked first to be a regular file (see `check_file()`)."""
     check_file(path)
     try:
         text = Path(path).read_text()

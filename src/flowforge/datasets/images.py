@@ -1,8 +1,8 @@
 """Image datasets: scikit-learn's 8x8 digits and MNIST (read from local IDX files).
 
 Images are ``(N, 1, H, W)`` float32 tensors that hold the integer pixel values, with
-``levels`` set so that :meth:`~flowforge.datasets.base.Split.dequantize` maps them to
-:math:`[0, 1]`.
+``levels`` set so that `dequantize()` maps them to
+$[0, 1]$.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .base import Dataset, pixel_dataset, split_three
+from flowforge.datasets.base import Dataset, pixel_dataset, split_three
 
 MNIST_FILES: dict[str, str] = {
     "train_images": "train-images-idx3-ubyte",
@@ -127,7 +127,7 @@ def _find(folder: Path, name: str) -> Path | None:
 
 
 def find_mnist(data_dir: str | os.PathLike | None = None) -> dict[str, Path]:
-    """The paths of the four MNIST files by role (see :data:`MNIST_FILES`).
+    """The paths of the four MNIST files by role (see `MNIST_FILES`).
 
     Looks in ``data_dir`` and its ``mnist/`` subfolder; without ``data_dir``, in
     ``$FLOWFORGE_DATA_DIR`` and its ``mnist/`` subfolder; without that, in ``./data/mnist``.
@@ -153,9 +153,9 @@ def find_mnist(data_dir: str | os.PathLike | None = None) -> dict[str, Path]:
 
 
 def download_mnist(folder: str | os.PathLike) -> None:
-    """Fetch the MNIST ``.gz`` files that ``folder`` lacks from :data:`MNIST_MIRRORS`.
+    """Fetch the MNIST ``.gz`` files that ``folder`` lacks from `MNIST_MIRRORS`.
 
-    Each file goes to a temporary file in ``folder``, is checked against :data:`MNIST_MD5`
+    Each file goes to a temporary file in ``folder``, is checked against `MNIST_MD5`
     after decompression, and only then is renamed into place.
     """
     folder = Path(folder)
@@ -189,7 +189,7 @@ def read_mnist(
     data_dir: str | os.PathLike | None = None, download: bool = False
 ) -> dict[str, np.ndarray]:
     """The four MNIST arrays by role: images ``(N, 28, 28)`` uint8, labels ``(N,)`` uint8,
-    60,000 training and 10,000 test (see :func:`find_mnist` for where it looks)."""
+    60,000 training and 10,000 test (see `find_mnist()` for where it looks)."""
     if download:
         try:
             find_mnist(data_dir)
@@ -223,8 +223,8 @@ def mnist(
     Splits (the usual convention): train = the first 50,000 images of the training file,
     val = its last 10,000, test = the 10,000 test images. ``n`` keeps only ``n`` training
     images, a random subset chosen with ``seed`` (in file order); without ``n`` the seed is
-    unused. Files are looked for as in :func:`find_mnist`; ``download=True`` fetches missing
-    ones first (see :func:`download_mnist`).
+    unused. Files are looked for as in `find_mnist()`; ``download=True`` fetches missing
+    ones first (see `download_mnist()`).
     """
     arrays = read_mnist(data_dir, download)
     images = torch.from_numpy(arrays["train_images"]).unsqueeze(1)
@@ -240,7 +240,7 @@ def digits(seed: int = 0) -> Dataset:
     as ``(N, 1, 8, 8)`` float32 integers 0..16, ``levels=17``.
 
     Shuffled with ``seed`` and split 70/15/15 by
-    :func:`~flowforge.datasets.base.split_three`: 1,258 / 270 / 269 images.
+    `split_three()`: 1,258 / 270 / 269 images.
     """
     from sklearn.datasets import load_digits
 

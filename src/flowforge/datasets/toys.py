@@ -1,24 +1,25 @@
 r"""2-D toy distributions whose density, and so whose differential entropy, is known.
 
-Each toy is a generative process with a density :math:`p(x)` that can be evaluated to
-quadrature precision, so that a model's test NLL minus :math:`H(p)` estimates
-:math:`KL(p \| q)`. Most toys are a distribution over a curve plus isotropic Gaussian noise:
+Each toy is a generative process with a density $p(x)$ that can be evaluated to
+quadrature precision, so that a model's test NLL minus $H(p)$ estimates
+$KL(p \| q)$. Most toys are a distribution over a curve plus isotropic Gaussian noise:
 
-.. math::
-    x = c_k(t) + \sigma\epsilon,\quad k \sim w,\ t \sim p_k,\ \epsilon \sim \mathcal N(0, I_2),
-    \qquad
-    p(x) = \sum_k w_k \int p_k(t)\, \mathcal N(x; c_k(t), \sigma^2 I_2)\, dt,
+$$
+x = c_k(t) + \sigma\epsilon,\quad k \sim w,\ t \sim p_k,\ \epsilon \sim \mathcal N(0, I_2),
+\qquad
+p(x) = \sum_k w_k \int p_k(t)\, \mathcal N(x; c_k(t), \sigma^2 I_2)\, dt,
+$$
 
 with the integral done by composite Gauss-Legendre quadrature (8 nodes per panel, panels of
-arc length :math:`\sigma` along the curve). Doubling the panels changes :math:`\log p` by
-< 1e-12 wherever :math:`\log p > -20`, < 1e-8 where :math:`\log p > -50`, and by at most
-~4e-4 in the far tails (:math:`\log p < -100`). Mixtures of Gaussians, rings and the
+arc length $\sigma$ along the curve). Doubling the panels changes $\log p$ by
+< 1e-12 wherever $\log p > -20$, < 1e-8 where $\log p > -50$, and by at most
+~4e-4 in the far tails ($\log p < -100$). Mixtures of Gaussians, rings and the
 checkerboard have closed forms.
 
 Every toy has ``sample(n, generator) -> (n, 2)`` float32 and ``log_prob(x)``: ``(N, 2)``
 float32 or float64 ``-> (N,)`` in the input's dtype, computed in float64.
 
-The toys (parameters in each constant's docstring; :math:`H` in nats):
+The toys (parameters in each constant's docstring; $H$ in nats):
 
 ==============  ======================================================  ========
 name            process                                                 H
@@ -33,11 +34,11 @@ swissroll       1 spiral, t ~ U(1.5 pi, 4.5 pi), sigma 0.2              2.669646
 two-gaussians   N((-2,-2), I) and N((2,2), I), weights 1/2              3.524413
 ==============  ======================================================  ========
 
-Entropies :math:`H(p) = -\int p \log p` are stored in :data:`ENTROPY`: 2-D grid quadrature
-(:func:`grid_entropy`, converged to ~1e-11), each confirmed by a Monte Carlo estimate
-:math:`-\frac1n\sum \log p(x_i)` over 250,000 samples of the process (:func:`entropy`,
-standard error <= 0.0021, stored in :data:`ENTROPY_MC`); the checkerboard's is
-:math:`\log 8` exactly. Recompute and print them with ``python -m flowforge.datasets.toys``.
+Entropies $H(p) = -\int p \log p$ are stored in `ENTROPY`: 2-D grid quadrature
+(`grid_entropy()`, converged to ~1e-11), each confirmed by a Monte Carlo estimate
+$-\frac1n\sum \log p(x_i)$ over 250,000 samples of the process (`entropy()`,
+standard error <= 0.0021, stored in `ENTROPY_MC`); the checkerboard's is
+$\log 8$ exactly. Recompute and print them with ``python -m flowforge.datasets.toys``.
 """
 
 from __future__ import annotations
@@ -53,10 +54,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import Dataset, split_three
+from flowforge.datasets.base import Dataset, split_three
 
 Curve = Callable[[Tensor], Tensor]
-"""A curve :math:`t \\mapsto c(t)`: ``(T,) -> (T, 2)``, float64."""
+"""A curve $t \\mapsto c(t)$: ``(T,) -> (T, 2)``, float64."""
 
 _CHUNK = 1 << 22  # (points x quadrature nodes) per block of the density computation
 _GAUSS_NODES = 8  # Gauss-Legendre nodes per panel
@@ -84,7 +85,7 @@ def _randn(n: int, generator: torch.Generator | None, *shape: int) -> Tensor:
 
 
 class Law(ABC):
-    """A distribution over a curve parameter :math:`t \\in [low, high]`."""
+    """A distribution over a curve parameter $t \\in [low, high]$."""
 
     low: float
     high: float
@@ -100,7 +101,7 @@ class Law(ABC):
 
 @dataclass(frozen=True)
 class Uniform(Law):
-    r""":math:`t \sim U(low, high)`, :math:`p(t) = 1/(high - low)`."""
+    r"""$t \sim U(low, high)$, $p(t) = 1/(high - low)$."""
 
     low: float
     high: float
@@ -114,7 +115,7 @@ class Uniform(Law):
 
 @dataclass(frozen=True)
 class Ramp(Law):
-    r""":math:`p(t) = 2t / T^2` on :math:`[0, T]` (so :math:`t = T\sqrt u`)."""
+    r"""$p(t) = 2t / T^2$ on $[0, T]$ (so $t = T\sqrt u$)."""
 
     high: float
     low: float = 0.0
@@ -128,9 +129,9 @@ class Ramp(Law):
 
 @dataclass(frozen=True)
 class TruncatedNormal(Law):
-    r""":math:`\mathcal N(\mu, s^2)` restricted to :math:`[low, high]`:
-    :math:`p(t) = \varphi((t - \mu)/s) / (s Z)`,
-    :math:`Z = \Phi((high - \mu)/s) - \Phi((low - \mu)/s)`."""
+    r"""$\mathcal N(\mu, s^2)$ restricted to $[low, high]$:
+    $p(t) = \varphi((t - \mu)/s) / (s Z)$,
+    $Z = \Phi((high - \mu)/s) - \Phi((low - \mu)/s)$."""
 
     mean: float
     std: float
@@ -138,7 +139,7 @@ class TruncatedNormal(Law):
     high: float
 
     def _cdf_bounds(self) -> tuple[float, float]:
-        r""":math:`\Phi` at the standardised bounds (``erfc`` keeps the lower tail exact)."""
+        r"""$\Phi$ at the standardised bounds (``erfc`` keeps the lower tail exact)."""
         return tuple(
             0.5 * math.erfc((self.mean - bound) / (self.std * math.sqrt(2)))
             for bound in (self.low, self.high)
@@ -161,7 +162,7 @@ class Toy(ABC):
     """A 2-D distribution with a sampler and an exact (to quadrature) log-density.
 
     ``box = (x0, x1, y0, y1)`` holds all its mass but a fraction below 1e-12 and ``scale`` is
-    its finest length scale (the noise); both set the grid of :func:`grid_entropy`.
+    its finest length scale (the noise); both set the grid of `grid_entropy()`.
     """
 
     name: str
@@ -192,7 +193,7 @@ class Toy(ABC):
 
 @dataclass(frozen=True)
 class Arc:
-    """One component of a :class:`CurveMixture`: weight, curve, and law of the parameter."""
+    """One component of a `CurveMixture`: weight, curve, and law of the parameter."""
 
     weight: float
     curve: Curve
@@ -202,16 +203,20 @@ class Arc:
 class CurveMixture(Toy):
     r"""Mass spread along curves, blurred by isotropic Gaussian noise of std ``sigma``.
 
-    .. math::
-        p(x) = \sum_k w_k \int_{a_k}^{b_k} p_k(t)\,
-        \frac{1}{2\pi\sigma^2} e^{-\|x - c_k(t)\|^2 / 2\sigma^2}\, dt
+    $$
+    p(x) = \sum_k w_k \int_{a_k}^{b_k} p_k(t)\,
+    \frac{1}{2\pi\sigma^2} e^{-\|x - c_k(t)\|^2 / 2\sigma^2}\, dt
+    $$
 
-    The integral is a sum over quadrature nodes :math:`t_j` with weights :math:`\omega_j`:
-    each :math:`[a_k, b_k]` is cut into panels of equal arc length at most
+    The integral is a sum over quadrature nodes $t_j$ with weights $\omega_j$:
+    each $[a_k, b_k]$ is cut into panels of equal arc length at most
     ``panel * sigma / refine`` and each panel gets 8 Gauss-Legendre nodes, so
 
-    .. math:: \log p(x) = -\log 2\pi\sigma^2 + \operatorname{logsumexp}_j
-              \big(\log w_{k_j} \omega_j p_{k_j}(t_j) - \|x - c_{k_j}(t_j)\|^2/2\sigma^2\big).
+    $$
+    \log p(x) = -\log 2\pi\sigma^2 + \operatorname{logsumexp}_j
+    \big(\log w_{k_j} \omega_j p_{k_j}(t_j) - \|x - c_{k_j}(t_j)\|^2/2\sigma^2\big).
+    $$
+
     """
 
     def __init__(
@@ -288,7 +293,7 @@ class CurveMixture(Toy):
 
 class GaussianMixture(Toy):
     r"""Equal-weight mixture of isotropic Gaussians:
-    :math:`p(x) = \frac1K \sum_k \mathcal N(x; \mu_k, s^2 I_2)` (closed form)."""
+    $p(x) = \frac1K \sum_k \mathcal N(x; \mu_k, s^2 I_2)$ (closed form)."""
 
     def __init__(
         self,
@@ -316,14 +321,16 @@ class GaussianMixture(Toy):
 
 
 class Rings(Toy):
-    r"""Concentric circles of radii :math:`r_k`, equal weights, uniform angle, noise
-    :math:`\sigma`. Averaging the Gaussian over the angle gives a Bessel function, so with
-    :math:`\rho = \|x\|`:
+    r"""Concentric circles of radii $r_k$, equal weights, uniform angle, noise
+    $\sigma$. Averaging the Gaussian over the angle gives a Bessel function, so with
+    $\rho = \|x\|$:
 
-    .. math:: p(x) = \frac1K \sum_k \frac{1}{2\pi\sigma^2}
-              e^{-(\rho - r_k)^2 / 2\sigma^2}\, \tilde I_0(\rho r_k / \sigma^2),
+    $$
+    p(x) = \frac1K \sum_k \frac{1}{2\pi\sigma^2}
+    e^{-(\rho - r_k)^2 / 2\sigma^2}\, \tilde I_0(\rho r_k / \sigma^2),
+    $$
 
-    where :math:`\tilde I_0(z) = e^{-z} I_0(z)` (closed form, no quadrature).
+    where $\tilde I_0(z) = e^{-z} I_0(z)$ (closed form, no quadrature).
     """
 
     def __init__(
@@ -355,11 +362,11 @@ class Rings(Toy):
 
 
 class Checkerboard(Toy):
-    r"""Uniform on the 8 unit squares :math:`[i, i+1) \times [j, j+1)` of
-    :math:`[-2, 2]^2` with :math:`i + j` even: :math:`p = 1/8` there, so :math:`H = \log 8`.
+    r"""Uniform on the 8 unit squares $[i, i+1) \times [j, j+1)$ of
+    $[-2, 2]^2$ with $i + j$ even: $p = 1/8$ there, so $H = \log 8$.
 
-    ``log_prob`` is :math:`-\log 8` on the closure of those squares (every grid line inside
-    the box borders a filled square) and :math:`-\infty` elsewhere, so float32 rounding of a
+    ``log_prob`` is $-\log 8$ on the closure of those squares (every grid line inside
+    the box borders a filled square) and $-\infty$ elsewhere, so float32 rounding of a
     sample can never move it off the support.
     """
 
@@ -426,8 +433,8 @@ TWO_MOONS = CurveMixture(
     sigma=0.1,
     box=(-2.2, 3.2, -1.7, 2.2),
 )
-"""Two moons: :math:`c_1(t) = (\\cos t, \\sin t)`, :math:`c_2(t) = (1 - \\cos t,
-\\tfrac12 - \\sin t)`, :math:`t \\sim U(0, \\pi)`, weights 1/2, :math:`\\sigma = 0.1`."""
+"""Two moons: $c_1(t) = (\\cos t, \\sin t)$, $c_2(t) = (1 - \\cos t,
+\\tfrac12 - \\sin t)$, $t \\sim U(0, \\pi)$, weights 1/2, $\\sigma = 0.1$."""
 
 EIGHT_GAUSSIANS = GaussianMixture(
     "8gaussians",
@@ -439,8 +446,8 @@ EIGHT_GAUSSIANS = GaussianMixture(
     std=0.5 / math.sqrt(2),
     box=(-7.0, 7.0, -7.0, 7.0),
 )
-"""FFJORD's 8 Gaussians: means :math:`2\\sqrt2(\\cos\\frac{\\pi k}4, \\sin\\frac{\\pi k}4)`,
-:math:`k = 0..7`, std :math:`0.5/\\sqrt2 \\approx 0.354`, equal weights."""
+"""FFJORD's 8 Gaussians: means $2\\sqrt2(\\cos\\frac{\\pi k}4, \\sin\\frac{\\pi k}4)$,
+$k = 0..7$, std $0.5/\\sqrt2 \\approx 0.354$, equal weights."""
 
 CHECKERBOARD = Checkerboard()
 
@@ -451,10 +458,10 @@ PINWHEEL = CurveMixture(
     sigma=0.2,
     box=(-6.5, 6.5, -6.5, 6.5),
 )
-"""Pinwheel: 5 arms :math:`c_k(r) = r(\\cos\\theta_k(r), \\sin\\theta_k(r))`,
-:math:`\\theta_k(r) = 2\\pi k/5 + \\tfrac14 e^{r/2}`, radius :math:`r \\sim \\mathcal N(2,
-0.6^2)` truncated to :math:`[0, 4]`, :math:`\\sigma = 0.2`, equal weights. This follows the
-usual pinwheel (radius :math:`2\\,\\mathcal N(1, 0.3^2)`, angle :math:`+\\tfrac14 e^{r/2}`,
+"""Pinwheel: 5 arms $c_k(r) = r(\\cos\\theta_k(r), \\sin\\theta_k(r))$,
+$\\theta_k(r) = 2\\pi k/5 + \\tfrac14 e^{r/2}$, radius $r \\sim \\mathcal N(2,
+0.6^2)$ truncated to $[0, 4]$, $\\sigma = 0.2$, equal weights. This follows the
+usual pinwheel (radius $2\\,\\mathcal N(1, 0.3^2)$, angle $+\\tfrac14 e^{r/2}$,
 tangential noise 0.2) with isotropic noise instead, so that the density is an integral over
 the arms."""
 
@@ -466,7 +473,7 @@ RINGS = Rings(
     box=(-4.0, 4.0, -4.0, 4.0),
 )
 """Rings (FFJORD's): radii 0.75, 1.5, 2.25, 3, equal weights, uniform angle,
-:math:`\\sigma = 0.08`."""
+$\\sigma = 0.08$."""
 
 TWO_SPIRALS = CurveMixture(
     "2spirals",
@@ -475,10 +482,10 @@ TWO_SPIRALS = CurveMixture(
     sigma=0.1,
     box=(-4.5, 4.5, -4.5, 4.5),
 )
-"""Two spirals: :math:`c_\\pm(t) = \\pm\\tfrac13(-t\\cos t, t\\sin t)`,
-:math:`t \\in [0, 3\\pi]` with :math:`p(t) = 2t/(3\\pi)^2` (FFJORD's
-:math:`t = 3\\pi\\sqrt u`; nearly uniform in arc length, whose rate is
-:math:`\\sqrt{1 + t^2}/3`), weights 1/2, :math:`\\sigma = 0.1`."""
+"""Two spirals: $c_\\pm(t) = \\pm\\tfrac13(-t\\cos t, t\\sin t)$,
+$t \\in [0, 3\\pi]$ with $p(t) = 2t/(3\\pi)^2$ (FFJORD's
+$t = 3\\pi\\sqrt u$; nearly uniform in arc length, whose rate is
+$\\sqrt{1 + t^2}/3$), weights 1/2, $\\sigma = 0.1$."""
 
 SWISSROLL = CurveMixture(
     "swissroll",
@@ -488,8 +495,8 @@ SWISSROLL = CurveMixture(
     box=(-5.0, 5.0, -5.0, 5.0),
 )
 """Swiss roll (scikit-learn's, seen from above, divided by 5 as in FFJORD):
-:math:`c(t) = (t\\cos t, t\\sin t)/5`, :math:`t \\sim U(1.5\\pi, 4.5\\pi)`,
-:math:`\\sigma = 0.2`."""
+$c(t) = (t\\cos t, t\\sin t)/5$, $t \\sim U(1.5\\pi, 4.5\\pi)$,
+$\\sigma = 0.2$."""
 
 TWO_GAUSSIANS = GaussianMixture(
     "two-gaussians",
@@ -498,8 +505,8 @@ TWO_GAUSSIANS = GaussianMixture(
     std=1.0,
     box=(-12.0, 12.0, -12.0, 12.0),
 )
-"""The Real NVP article's mixture :math:`\\tfrac12\\mathcal N((-2,-2), I) +
-\\tfrac12\\mathcal N((2,2), I)`."""
+"""The Real NVP article's mixture $\\tfrac12\\mathcal N((-2,-2), I) +
+\\tfrac12\\mathcal N((2,2), I)$."""
 
 TOYS: dict[str, Toy] = {
     toy.name: toy
@@ -556,9 +563,9 @@ def _toy(name: str) -> Toy:
 
 
 def entropy(name: str, n: int = 250_000, seed: int = 0) -> tuple[float, float]:
-    r"""Monte Carlo differential entropy :math:`H(p) = -E_p[\log p(x)]` in nats, from ``n``
+    r"""Monte Carlo differential entropy $H(p) = -E_p[\log p(x)]$ in nats, from ``n``
     samples of the process and the quadrature log-density: ``(estimate, standard error)``,
-    the standard error being :math:`\mathrm{std}(\log p)/\sqrt n`."""
+    the standard error being $\mathrm{std}(\log p)/\sqrt n$."""
     toy = _toy(name)
     generator = torch.Generator().manual_seed(seed)
     log_p = torch.cat(
@@ -568,9 +575,9 @@ def entropy(name: str, n: int = 250_000, seed: int = 0) -> tuple[float, float]:
 
 
 def grid_entropy(name: str, step: float | None = None) -> tuple[float, float]:
-    r"""Grid quadrature :math:`-\sum p \log p\, h^2` over the toy's ``box`` at the cell
+    r"""Grid quadrature $-\sum p \log p\, h^2$ over the toy's ``box`` at the cell
     midpoints, step ``h`` (default: a quarter of the noise std), and the mass
-    :math:`\sum p\, h^2`: ``(entropy, mass)``. The integrand is smooth and decays to 0 at the
+    $\sum p\, h^2$: ``(entropy, mass)``. The integrand is smooth and decays to 0 at the
     box edges (except for the checkerboard, whose squares the grid fits exactly), so the
     midpoint rule converges faster than any power of ``h``."""
     toy = _toy(name)
@@ -592,7 +599,7 @@ def grid_entropy(name: str, step: float | None = None) -> tuple[float, float]:
 
 def make(name: str, n: int = 20_000, seed: int = 0) -> Dataset:
     """``n`` samples of toy ``name`` drawn with ``seed``, split 80/10/10 by
-    :func:`~flowforge.datasets.base.split_three` with the same seed; with the toy's entropy
+    `split_three()` with the same seed; with the toy's entropy
     and log-density. The same ``n`` and ``seed`` give the same data."""
     toy = _toy(name)
     if isinstance(n, bool) or not isinstance(n, int) or n < 10:
@@ -603,42 +610,42 @@ def make(name: str, n: int = 20_000, seed: int = 0) -> Dataset:
 
 
 def two_moons(n: int = 20_000, seed: int = 0) -> Dataset:
-    """The two-moons toy as a :class:`Dataset` (see :data:`TWO_MOONS`)."""
+    """The two-moons toy as a `Dataset` (see `TWO_MOONS`)."""
     return make("two-moons", n, seed)
 
 
 def eight_gaussians(n: int = 20_000, seed: int = 0) -> Dataset:
-    """The 8-Gaussians toy as a :class:`Dataset` (see :data:`EIGHT_GAUSSIANS`)."""
+    """The 8-Gaussians toy as a `Dataset` (see `EIGHT_GAUSSIANS`)."""
     return make("8gaussians", n, seed)
 
 
 def checkerboard(n: int = 20_000, seed: int = 0) -> Dataset:
-    """The checkerboard toy as a :class:`Dataset` (see :class:`Checkerboard`)."""
+    """The checkerboard toy as a `Dataset` (see `Checkerboard`)."""
     return make("checkerboard", n, seed)
 
 
 def pinwheel(n: int = 20_000, seed: int = 0) -> Dataset:
-    """The pinwheel toy as a :class:`Dataset` (see :data:`PINWHEEL`)."""
+    """The pinwheel toy as a `Dataset` (see `PINWHEEL`)."""
     return make("pinwheel", n, seed)
 
 
 def rings(n: int = 20_000, seed: int = 0) -> Dataset:
-    """The rings toy as a :class:`Dataset` (see :data:`RINGS`)."""
+    """The rings toy as a `Dataset` (see `RINGS`)."""
     return make("rings", n, seed)
 
 
 def two_spirals(n: int = 20_000, seed: int = 0) -> Dataset:
-    """The two-spirals toy as a :class:`Dataset` (see :data:`TWO_SPIRALS`)."""
+    """The two-spirals toy as a `Dataset` (see `TWO_SPIRALS`)."""
     return make("2spirals", n, seed)
 
 
 def swissroll(n: int = 20_000, seed: int = 0) -> Dataset:
-    """The swiss-roll toy as a :class:`Dataset` (see :data:`SWISSROLL`)."""
+    """The swiss-roll toy as a `Dataset` (see `SWISSROLL`)."""
     return make("swissroll", n, seed)
 
 
 def two_gaussians(n: int = 20_000, seed: int = 0) -> Dataset:
-    """The two-Gaussians toy as a :class:`Dataset` (see :data:`TWO_GAUSSIANS`)."""
+    """The two-Gaussians toy as a `Dataset` (see `TWO_GAUSSIANS`)."""
     return make("two-gaussians", n, seed)
 
 

@@ -1,20 +1,29 @@
 """Invertible transforms. ``forward`` maps data to latent, ``inverse`` latent to data; both
 return ``(output, log|det J|)`` with the log-determinant of shape ``(batch,)``."""
 
-from .autoregressive import AffineAutoregressive, Autoregressive
-from .base import Compose, Inverse, Transform, steps
-from .conv import InvertibleConv1x1
-from .coupling import AdditiveCoupling, AffineCoupling, Coupling, MaskedAffineCoupling
-from .elementwise import ActNorm, DiagonalScaling
-from .image_coupling import ChannelAffineCoupling, CheckerboardAffineCoupling, checkerboard
-from .multiscale import FactorOut
-from .partition import Partition, half_mask, odd_even_mask
-from .permutation import Permutation, RandomPermutation, ReversePermutation
-from .planar import Planar
-from .preprocessing import Logit
-from .radial import Radial
-from .spline import SplineAutoregressive, SplineCoupling, rational_quadratic
-from .squeeze import Squeeze
+from flowforge.transforms.autoregressive import AffineAutoregressive, Autoregressive
+from flowforge.transforms.base import Compose, Inverse, Transform, steps
+from flowforge.transforms.conv import InvertibleConv1x1
+from flowforge.transforms.coupling import (
+    AdditiveCoupling,
+    AffineCoupling,
+    Coupling,
+    MaskedAffineCoupling,
+)
+from flowforge.transforms.elementwise import ActNorm, DiagonalScaling
+from flowforge.transforms.image_coupling import (
+    ChannelAffineCoupling,
+    CheckerboardAffineCoupling,
+    checkerboard,
+)
+from flowforge.transforms.multiscale import FactorOut
+from flowforge.transforms.partition import Partition, half_mask, odd_even_mask
+from flowforge.transforms.permutation import Permutation, RandomPermutation, ReversePermutation
+from flowforge.transforms.planar import Planar
+from flowforge.transforms.preprocessing import Logit
+from flowforge.transforms.radial import Radial
+from flowforge.transforms.spline import SplineAutoregressive, SplineCoupling, rational_quadratic
+from flowforge.transforms.squeeze import Squeeze
 
 __all__ = [
     "ActNorm",

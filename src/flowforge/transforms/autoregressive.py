@@ -1,39 +1,42 @@
 r"""Autoregressive transforms on a MADE: MAF layers (Papamakarios et al. 2017) and, inverted,
 IAF layers (Kingma et al. 2016).
 
-Feature ``i`` is transformed elementwise with parameters that a :class:`~flowforge.made.MADE`
+Feature ``i`` is transformed elementwise with parameters that a `MADE`
 computes from the features before it in the ordering (and the context):
 
-.. math:: z_i = g(x_i;\ \theta_i(x_{<i}, c)), \qquad
-          \log|\det \partial z/\partial x| = \textstyle\sum_i \log|g'(x_i)|
+$$
+z_i = g(x_i;\ \theta_i(x_{<i}, c)), \qquad
+\log|\det \partial z/\partial x| = \textstyle\sum_i \log|g'(x_i)|
+$$
 
 The Jacobian is triangular under the ordering. ``forward`` (data to latent) is one MADE pass;
 ``inverse`` recovers the features one degree at a time: without gradients (sampling) by
-:meth:`~flowforge.made.MADE.autoregress`, which computes each hidden unit once, as soon as
+`autoregress()`, which computes each hidden unit once, as soon as
 its inputs are known (about one pass of arithmetic); with gradients by ``D`` full passes,
 each fixing one more feature, a loop of static length with no branch on the data. A MAF
 layer uses this class as it is (density in one pass, sampling by the inverse); an IAF layer
-is its :class:`Inverse` (sampling with its density in one pass).
+is its `Inverse` (sampling with its density in one pass).
 """
 
 from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..made import MADE
-from .base import Transform
-from .coupling import bounded_affine, check_bound, check_context, with_context
+from flowforge.nn.made import MADE
+from flowforge.transforms.base import Transform
+from flowforge.transforms.coupling import bounded_affine, check_bound, check_context, with_context
 
 
 class Autoregressive(Transform):
     r"""Base class: a MADE conditioner and an elementwise map per feature.
 
-    Subclasses set ``params_per_feature`` and implement :meth:`transform_part` and
-    :meth:`untransform_part` on ``(batch, D)`` given the MADE output ``(batch, D, P)``.
+    Subclasses set ``params_per_feature`` and implement `transform_part()` and
+    `untransform_part()` on ``(batch, D)`` given the MADE output ``(batch, D, P)``.
 
     Args:
         features: ``D``.
@@ -89,7 +92,7 @@ class Autoregressive(Transform):
         return x, logdet
 
     def _inverse_in_one_pass(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        """The inverse by :meth:`MADE.autoregress`: each hidden unit computed once."""
+        """The inverse by `MADE.autoregress()`: each hidden unit computed once."""
         if self.context_dim:
             context = check_context(context, z.shape[0], self.context_dim)
         logdets: list[Tensor] = []
@@ -102,7 +105,7 @@ class Autoregressive(Transform):
         return x, torch.stack(logdets).sum(0)
 
     def untransform_feature(self, z_i: Tensor, params: Tensor, out: Tensor) -> Tensor:
-        """One feature of :meth:`untransform_part`: ``x_i`` written into ``out`` ``(batch,)``
+        """One feature of `untransform_part()`: ``x_i`` written into ``out`` ``(batch,)``
         from ``z_i`` ``(batch,)`` and its parameters ``(P, batch)`` (which it may overwrite);
         returns ``log|dx_i/dz_i|`` ``(batch,)``."""
         x_i, logdet = self.untransform_part(z_i[:, None], params.T[:, None])
@@ -119,19 +122,19 @@ class Autoregressive(Transform):
 
 
 class AffineAutoregressive(Autoregressive):
-    r"""The MAF layer: :math:`z_i = x_i e^{s_i} + t_i`, with
-    :math:`(\hat s_i, t_i) = \theta_i(x_{<i}, c)` and :math:`s_i = B\tanh(\hat s_i / B)`, so
-    :math:`\log|\det J| = \sum_i s_i` (see :class:`AffineCoupling` for the bound).
+    r"""The MAF layer: $z_i = x_i e^{s_i} + t_i$, with
+    $(\hat s_i, t_i) = \theta_i(x_{<i}, c)$ and $s_i = B\tanh(\hat s_i / B)$, so
+    $\log|\det J| = \sum_i s_i$ (see `AffineCoupling` for the bound).
 
     Args:
         features: ``D``.
         scale_bound: ``B``, the largest log-scale (default 3).
-        **kwargs: see :class:`Autoregressive`.
+        **kwargs: see `Autoregressive`.
     """
 
     params_per_feature = 2
 
-    def __init__(self, features: int, *, scale_bound: float = 3.0, **kwargs) -> None:
+    def __init__(self, features: int, *, scale_bound: float = 3.0, **kwargs: Any) -> None:
         check_bound("scale_bound", scale_bound)
         super().__init__(features, **kwargs)
         self.scale_bound = scale_bound

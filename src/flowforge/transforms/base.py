@@ -6,7 +6,7 @@ returns ``(x, log|det dx/dz|)``. Both log-determinants have shape ``(batch,)``, 
 sample. Every call takes an optional ``context`` tensor of shape ``(batch, context_dim)``;
 unconditional transforms ignore it.
 
-Every ``forward`` and ``inverse`` first checks its input cheaply (:func:`check_input`: type,
+Every ``forward`` and ``inverse`` first checks its input cheaply (`check_input()`: type,
 dtype and shape only), so that bad input gives one line rather than an error deep in torch.
 """
 
@@ -87,7 +87,7 @@ def _where(transform: Transform, direction: str) -> str:
 
 
 def _checked(method: Method, direction: str) -> Method:
-    """``method`` (a subclass's ``forward`` or ``inverse``) with :func:`check_input` first."""
+    """``method`` (a subclass's ``forward`` or ``inverse``) with `check_input()` first."""
 
     @functools.wraps(method)
     def checked(
@@ -101,24 +101,25 @@ def _checked(method: Method, direction: str) -> Method:
 
 
 class Transform(nn.Module, ABC):
-    r"""An invertible map :math:`f` with its log-Jacobian-determinant.
+    r"""An invertible map $f$ with its log-Jacobian-determinant.
 
-    Subclasses implement :meth:`forward` and :meth:`inverse`, each returning the output and
+    Subclasses implement `forward()` and `inverse()`, each returning the output and
     the log-determinant computed in the same pass:
 
-    .. math::
-        z = f(x),\ \log|\det \partial f / \partial x| \qquad
-        x = f^{-1}(z),\ \log|\det \partial f^{-1} / \partial z|
+    $$
+    z = f(x),\ \log|\det \partial f / \partial x| \qquad
+    x = f^{-1}(z),\ \log|\det \partial f^{-1} / \partial z|
+    $$
 
     Shapes: input ``(batch, *event_shape)``, output the same, log-determinant ``(batch,)``.
 
-    Refused by every ``forward`` and ``inverse`` (see :func:`check_input`), with one line: an
+    Refused by every ``forward`` and ``inverse`` (see `check_input()`), with one line: an
     input that is not a floating tensor with a batch dimension (or, where ``event_shape`` is
     known, of another shape or dtype), a context that is not a ``(batch, k)`` tensor of its
     dtype.
     """
 
-    #: The shape of one sample where it is known (a :class:`~flowforge.Flow` sets it on its
+    #: The shape of one sample where it is known (a `Flow` sets it on its
     #: transform), else None; calls then refuse inputs of other shapes.
     event_shape: torch.Size | None = None
 
@@ -145,7 +146,7 @@ class Transform(nn.Module, ABC):
 
 
 class Inverse(Transform):
-    r"""The inverse :math:`f^{-1}` of a transform :math:`f`, sharing its parameters."""
+    r"""The inverse $f^{-1}$ of a transform $f$, sharing its parameters."""
 
     def __init__(self, transform: Transform) -> None:
         super().__init__()
@@ -163,9 +164,12 @@ class Inverse(Transform):
 
 
 class Compose(Transform):
-    r"""The composition :math:`f = f_K \circ \dots \circ f_1`: ``transforms[0]`` is applied first.
+    r"""The composition $f = f_K \circ \dots \circ f_1$: ``transforms[0]`` is applied first.
 
-    .. math:: \log|\det \partial f/\partial x| = \sum_k \log|\det \partial f_k/\partial h_{k-1}|
+    $$
+    \log|\det \partial f/\partial x| = \sum_k \log|\det \partial f_k/\partial h_{k-1}|
+    $$
+
     """
 
     def __init__(self, *transforms: Transform) -> None:

@@ -6,15 +6,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Transform
+from flowforge.transforms.base import Transform
 
 
 class InvertibleConv1x1(Transform):
     r"""A learned channel-mixing matrix applied at every pixel (Kingma & Dhariwal 2018).
 
-    .. math::
-        z_{:,h,w} = W x_{:,h,w}, \qquad W = P L (U + \operatorname{diag}(\sigma \odot e^{s})),
-        \qquad \log|\det J| = H W \textstyle\sum_c s_c
+    $$
+    z_{:,h,w} = W x_{:,h,w}, \qquad W = P L (U + \operatorname{diag}(\sigma \odot e^{s})),
+    \qquad \log|\det J| = H W \textstyle\sum_c s_c
+    $$
 
     ``P`` is a fixed permutation, ``L`` unit lower triangular, ``U`` strictly upper
     triangular, ``\sigma`` fixed signs and ``s`` learned log-magnitudes, so the log-determinant

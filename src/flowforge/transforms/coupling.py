@@ -3,9 +3,11 @@ r"""Coupling layers (Dinh et al. 2014, 2016).
 A coupling layer keeps the features ``x_A`` chosen by its mask and transforms the others
 elementwise, with parameters that a conditioner network computes from ``x_A`` (and the context):
 
-.. math:: z_A = x_A, \qquad z_B = g(x_B;\ \theta(x_A, c))
+$$
+z_A = x_A, \qquad z_B = g(x_B;\ \theta(x_A, c))
+$$
 
-The Jacobian is triangular, so :math:`\log|\det J| = \sum_i \log|g'(x_{B,i})|`. The conditioner
+The Jacobian is triangular, so $\log|\det J| = \sum_i \log|g'(x_{B,i})|$. The conditioner
 runs once per call, in either direction, on the split-off part (no full-width masks).
 """
 
@@ -14,17 +16,18 @@ from __future__ import annotations
 import math
 from abc import abstractmethod
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ..nn import MLP
-from .base import Transform
-from .partition import Partition
+from flowforge.nn.mlp import MLP
+from flowforge.transforms.base import Transform
+from flowforge.transforms.partition import Partition
 
 
 def soft_clamp(x: Tensor, bound: float) -> Tensor:
-    r""":math:`B \tanh(x / B)`: the identity near 0, smoothly bounded to :math:`(-B, B)`."""
+    r"""$B \tanh(x / B)$: the identity near 0, smoothly bounded to $(-B, B)$."""
     return bound * torch.tanh(x / bound)
 
 
@@ -40,8 +43,8 @@ def check_bound(name: str, bound: float | None, optional: bool = False) -> None:
 def bounded_affine(
     x: Tensor, raw_scale: Tensor, shift: Tensor, bound: float, inverse: bool = False
 ) -> tuple[Tensor, Tensor]:
-    r""":math:`y = x e^{s} + t` (``inverse``: :math:`y = (x - t) e^{-s}`) with the bounded
-    log-scale :math:`s = B\tanh(\hat s / B)`, and :math:`\pm\sum s` over the last dimension."""
+    r"""$y = x e^{s} + t$ (``inverse``: $y = (x - t) e^{-s}$) with the bounded
+    log-scale $s = B\tanh(\hat s / B)$, and $\pm\sum s$ over the last dimension."""
     log_scale = soft_clamp(raw_scale, bound)
     if inverse:
         return (x - shift) * torch.exp(-log_scale), -log_scale.sum(-1)
@@ -70,11 +73,11 @@ def with_context(h: Tensor, context: Tensor | None, context_dim: int) -> Tensor:
 class Coupling(Transform):
     r"""Base class: split by mask, run the conditioner once, transform ``x_B`` elementwise.
 
-    Subclasses set ``params_per_feature`` and implement :meth:`transform_part` and
-    :meth:`untransform_part` on ``x_B`` given the conditioner output ``(batch, |B| * P)``.
+    Subclasses set ``params_per_feature`` and implement `transform_part()` and
+    `untransform_part()` on ``x_B`` given the conditioner output ``(batch, |B| * P)``.
 
     Args:
-        mask: ``(D,)`` booleans, ``True`` for the kept features (see :class:`Partition`).
+        mask: ``(D,)`` booleans, ``True`` for the kept features (see `Partition`).
         hidden: hidden widths of the conditioner MLP.
         activation: activation of the conditioner MLP.
         context_dim: width of the optional context concatenated to the conditioner input.
@@ -127,7 +130,7 @@ class Coupling(Transform):
 
 
 class AdditiveCoupling(Coupling):
-    r"""NICE's additive coupling: :math:`z_B = x_B + t(x_A)`, :math:`\log|\det J| = 0`."""
+    r"""NICE's additive coupling: $z_B = x_B + t(x_A)$, $\log|\det J| = 0$."""
 
     params_per_feature = 1
 
@@ -141,23 +144,24 @@ class AdditiveCoupling(Coupling):
 class AffineCoupling(Coupling):
     r"""Real NVP's affine coupling with a bounded log-scale.
 
-    .. math::
-        z_B = x_B \odot e^{s} + t, \qquad s = B \tanh(\hat s / B), \qquad
-        \log|\det J| = \textstyle\sum_i s_i
+    $$
+    z_B = x_B \odot e^{s} + t, \qquad s = B \tanh(\hat s / B), \qquad
+    \log|\det J| = \textstyle\sum_i s_i
+    $$
 
-    where :math:`(\hat s, t) = \theta(x_A, c)`. The soft clamp keeps every scale factor in
-    :math:`(e^{-B}, e^{B})`, so one layer can neither overflow nor collapse a feature to zero:
+    where $(\hat s, t) = \theta(x_A, c)$. The soft clamp keeps every scale factor in
+    $(e^{-B}, e^{B})$, so one layer can neither overflow nor collapse a feature to zero:
     an unbounded ``exp`` is the usual source of NaN losses in coupling flows. It is the identity
     near zero, so the zero-initialised conditioner still gives the identity map.
 
     Args:
         scale_bound: ``B`` above, the largest log-scale one layer may apply (default 3).
-        **kwargs: see :class:`Coupling`.
+        **kwargs: see `Coupling`.
     """
 
     params_per_feature = 2
 
-    def __init__(self, mask: Tensor | Sequence[bool], *, scale_bound: float = 3.0, **kwargs):
+    def __init__(self, mask: Tensor | Sequence[bool], *, scale_bound: float = 3.0, **kwargs: Any):
         check_bound("scale_bound", scale_bound)
         super().__init__(mask, **kwargs)
         self.scale_bound = scale_bound
@@ -175,18 +179,21 @@ class AffineCoupling(Coupling):
 class MaskedAffineCoupling(Transform):
     r"""The binary-mask formulation of the affine coupling (Dinh et al. 2016, eq. 9).
 
-    .. math::
-        z = b \odot x + (1 - b) \odot \big(x \odot e^{s(b \odot x)} + t(b \odot x)\big),
-        \qquad \log|\det J| = \textstyle\sum_i (1 - b_i)\, s_i(b \odot x)
+    $$
+    z = b \odot x + (1 - b) \odot \big(x \odot e^{s(b \odot x)} + t(b \odot x)\big),
+    \qquad \log|\det J| = \textstyle\sum_i (1 - b_i)\, s_i(b \odot x)
+    $$
 
-    with :math:`s = B\tanh(\hat s/B)` as in :class:`AffineCoupling`. The conditioner maps the
+    with $s = B\tanh(\hat s/B)$ as in `AffineCoupling`. The conditioner maps the
     full width ``D (+ context) -> 2D``; half of its inputs are zero and half of its outputs are
-    discarded. It computes the same function as :class:`AffineCoupling` (a test shows it) at
+    discarded. It computes the same function as `AffineCoupling` (a test shows it) at
     about twice the cost, and is kept as the reference for the notation of the paper.
 
     Args:
         mask: ``(D,)`` booleans ``b``, ``True`` for the kept features.
-        hidden, activation, context_dim: as in :class:`Coupling`.
+        hidden: as in `Coupling`.
+        activation: as in `Coupling`.
+        context_dim: as in `Coupling`.
         scale_bound: ``B`` above.
     """
 

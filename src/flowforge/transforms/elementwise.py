@@ -7,11 +7,11 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .base import Transform
+from flowforge.transforms.base import Transform
 
 
 class DiagonalScaling(Transform):
-    r"""NICE's top layer: :math:`z = x \odot e^{s}`, :math:`\log|\det J| = \sum_i s_i`.
+    r"""NICE's top layer: $z = x \odot e^{s}$, $\log|\det J| = \sum_i s_i$.
 
     ``s`` is a learnable ``(dim,)`` vector, initialised to zero (the identity).
     """
@@ -30,14 +30,16 @@ class DiagonalScaling(Transform):
 class ActNorm(Transform):
     r"""Activation normalisation (Kingma & Dhariwal 2018) with data-dependent initialisation.
 
-    .. math:: z = (x - \mu) \odot e^{-\ell}, \qquad
-              \log|\det J| = -\frac{N}{F} \textstyle\sum_f \ell_f
+    $$
+    z = (x - \mu) \odot e^{-\ell}, \qquad
+    \log|\det J| = -\frac{N}{F} \textstyle\sum_f \ell_f
+    $$
 
     where ``F`` is the number of features (channels) and ``N`` the number of elements of one
     sample, so every spatial position of an image shares its channel's parameters.
 
-    Initialisation: the first forward (data -> latent) call sets :math:`\mu` and
-    :math:`e^{\ell}` to the batch's per-feature mean and standard deviation, so the output
+    Initialisation: the first forward (data -> latent) call sets $\mu$ and
+    $e^{\ell}$ to the batch's per-feature mean and standard deviation, so the output
     starts with zero mean and unit variance. A feature whose standard deviation is below
     ``eps`` (a constant feature) keeps scale 1 instead of being divided by ~0. A first
     inverse call that tracks gradients in training mode (variational inference, which trains

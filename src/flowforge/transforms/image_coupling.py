@@ -2,10 +2,12 @@ r"""Affine couplings of images ``(batch, C, H, W)`` with convolutional condition
 
 Two partitions of Real NVP (Dinh et al. 2016, sec. 3.4): a spatial checkerboard, and the
 channels split in halves. Both use the bounded log-scale of
-:class:`~flowforge.transforms.AffineCoupling`:
+`AffineCoupling`:
 
-.. math:: z_B = x_B \odot e^{s} + t,\quad s = B\tanh(\hat s / B),\quad
-          (\hat s, t) = \mathrm{NN}(x_A, c),\quad \log|\det J| = \textstyle\sum s
+$$
+z_B = x_B \odot e^{s} + t,\quad s = B\tanh(\hat s / B),\quad
+(\hat s, t) = \mathrm{NN}(x_A, c),\quad \log|\det J| = \textstyle\sum s
+$$
 
 A conditional coupling (``context_dim = k > 0``) gives its conditioner the context
 ``(batch, k)`` as ``k`` extra input channels, each constant over the image.
@@ -18,9 +20,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from ..nn import ConvResNet
-from .base import Transform
-from .coupling import check_bound, check_context, soft_clamp
+from flowforge.nn.mlp import ConvResNet
+from flowforge.transforms.base import Transform
+from flowforge.transforms.coupling import check_bound, check_context, soft_clamp
 
 
 def with_context_maps(h: Tensor, context: Tensor | None, context_dim: int) -> Tensor:
@@ -42,7 +44,9 @@ def checkerboard(height: int, width: int, parity: int = 0, device=None) -> Tenso
 class CheckerboardAffineCoupling(Transform):
     r"""Real NVP's checkerboard coupling: the pixels with ``(i + j) % 2 == parity`` are kept.
 
-    .. math:: z = x \odot e^{(1-b) \odot s(b \odot x)} + (1 - b) \odot t(b \odot x)
+    $$
+    z = x \odot e^{(1-b) \odot s(b \odot x)} + (1 - b) \odot t(b \odot x)
+    $$
 
     A convolution needs the full image grid, so the conditioner sees ``b * x`` (the kept
     pixels, zeros elsewhere) and only the outputs at the other pixels are used.
@@ -50,10 +54,12 @@ class CheckerboardAffineCoupling(Transform):
     Args:
         channels: ``C``.
         parity: 0 or 1, which colour of the checkerboard is kept.
-        hidden_channels, blocks, activation: of the :class:`~flowforge.nn.ConvResNet`.
+        hidden_channels: channels of the `ConvResNet`.
+        blocks: residual blocks of the `ConvResNet`.
+        activation: of the `ConvResNet`.
         scale_bound: ``B``, the largest log-scale one layer applies.
         shift_bound: if given, ``t`` is soft-clamped to ``(-T, T)`` as well (see
-            :class:`ChannelAffineCoupling`).
+            `ChannelAffineCoupling`).
         context_dim: width ``k`` of an optional context (see the module docstring).
 
     Shapes: ``(batch, C, H, W) -> (batch, C, H, W)``, context ``(batch, k)``.
@@ -108,16 +114,20 @@ class CheckerboardAffineCoupling(Transform):
 class ChannelAffineCoupling(Transform):
     r"""The channel-wise coupling of Real NVP and Glow: one half of the channels is kept.
 
-    .. math:: z_A = x_A, \qquad z_B = x_B \odot e^{s(x_A)} + t(x_A)
+    $$
+    z_A = x_A, \qquad z_B = x_B \odot e^{s(x_A)} + t(x_A)
+    $$
 
     with ``A`` the first ``C // 2`` channels (``keep_first=True``) or the last ``C - C // 2``.
 
     Args:
         channels: ``C`` (at least 2).
         keep_first: which half is kept.
-        hidden_channels, blocks, activation: of the default :class:`~flowforge.nn.ConvResNet`.
+        hidden_channels: channels of the default `ConvResNet`.
+        blocks: residual blocks of the default `ConvResNet`.
+        activation: of the default `ConvResNet`.
         scale_bound: ``B``, the largest log-scale one layer applies.
-        shift_bound: if given, ``T``: the shift is soft-clamped too, :math:`t = T\tanh(\hat t/T)`
+        shift_bound: if given, ``T``: the shift is soft-clamped too, $t = T\tanh(\hat t/T)$
             (no effect on the log-determinant). A ReLU conditioner's shift grows in proportion
             to its input, so in a deep stack an unusual input can be amplified layer after
             layer into an astronomically small density; a bound turns that growth from

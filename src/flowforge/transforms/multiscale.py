@@ -5,14 +5,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Transform
+from flowforge.transforms.base import Transform
 
 
 class FactorOut(Transform):
     r"""Factor out the first ``factored`` channels and transform only the rest:
 
-    .. math:: z = \big(x_{1:k},\ g(x_{k+1:C})\big), \qquad
-              \log|\det J| = \log|\det \partial g / \partial x_{k+1:C}|
+    $$
+    z = \big(x_{1:k},\ g(x_{k+1:C})\big), \qquad
+    \log|\det J| = \log|\det \partial g / \partial x_{k+1:C}|
+    $$
 
     The factored-out channels go straight to the base distribution; deeper scales work on
     fewer channels. Nesting ``FactorOut`` inside ``g`` gives the multi-scale architecture;

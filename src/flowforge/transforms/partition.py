@@ -90,7 +90,7 @@ class Partition(nn.Module):
         return both[..., : self.kept_features], both[..., self.kept_features :]
 
     def merge(self, kept: Tensor, changed: Tensor) -> Tensor:
-        """Inverse of :meth:`split`: ``(x_A, x_B) -> x``."""
+        """Inverse of `split()`: ``(x_A, x_B) -> x``."""
         if self._kept_prefix:
             return torch.cat((kept, changed), dim=-1)
         if self._kept_suffix:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import Transform
+from flowforge.transforms.base import Transform
 
 
 class Permutation(Transform):
-    r""":math:`z_i = x_{\pi(i)}` for a fixed permutation :math:`\pi` of ``range(dim)``.
+    r"""$z_i = x_{\pi(i)}$ for a fixed permutation $\pi$ of ``range(dim)``.
 
     Args:
         permutation: ``(dim,)`` integer tensor holding each index exactly once.
@@ -32,7 +32,7 @@ class Permutation(Transform):
 
 
 class ReversePermutation(Transform):
-    """Reverses the order of the features: :math:`z_i = x_{D-1-i}`; its own inverse."""
+    """Reverses the order of the features: $z_i = x_{D-1-i}$; its own inverse."""
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return x.flip(-1), x.new_zeros(x.shape[0])

@@ -8,35 +8,36 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Transform
+from flowforge.transforms.base import Transform
 
 
 class Planar(Transform):
     r"""The planar map, in the paper's generative direction:
 
-    .. math::
-        f(z) = z + \hat u \tanh(w^\top z + b), \qquad
-        \log|\det \partial f/\partial z| = \log\big(1 + (1 - \tanh^2(w^\top z + b))\,
-            w^\top\hat u\big)
+    $$
+    f(z) = z + \hat u \tanh(w^\top z + b), \qquad
+    \log|\det \partial f/\partial z| = \log\big(1 + (1 - \tanh^2(w^\top z + b))\,
+    w^\top\hat u\big)
+    $$
 
-    with :math:`\hat u = u + (m(w^\top u) - w^\top u)\, w / \|w\|^2` and
-    :math:`m(a) = -1 + \mathrm{softplus}(a)`, which makes :math:`w^\top \hat u > -1` and so
+    with $\hat u = u + (m(w^\top u) - w^\top u)\, w / \|w\|^2$ and
+    $m(a) = -1 + \mathrm{softplus}(a)$, which makes $w^\top \hat u > -1$ and so
     ``f`` invertible (appendix A of the paper).
 
-    ``forward`` is ``f`` (closed form). ``inverse`` is exact too: writing :math:`a = w^\top z + b`,
-    the projection of :math:`x = f(z)` on ``w`` gives the scalar equation
-    :math:`a + c \tanh a = w^\top x + b` with :math:`c = w^\top\hat u > -1`, strictly increasing
-    in ``a``. Its root lies in :math:`[y - |c|, y + |c|]` and is found by Newton's method kept
+    ``forward`` is ``f`` (closed form). ``inverse`` is exact too: writing $a = w^\top z + b$,
+    the projection of $x = f(z)$ on ``w`` gives the scalar equation
+    $a + c \tanh a = w^\top x + b$ with $c = w^\top\hat u > -1$, strictly increasing
+    in ``a``. Its root lies in $[y - |c|, y + |c|]$ and is found by Newton's method kept
     inside that bracket (a bisection step whenever Newton would leave it), to float precision;
-    then :math:`z = x - \hat u \tanh a`. Gradients flow through one final Newton step, which
+    then $z = x - \hat u \tanh a$. Gradients flow through one final Newton step, which
     gives the exact implicit derivative.
 
-    In a :class:`~flowforge.Flow`, planar layers map latent to data, so the model builder uses
-    their inverse as its data -> latent transform (see :func:`flowforge.models.planar`).
+    In a `Flow`, planar layers map latent to data, so the model builder uses
+    their inverse as its data -> latent transform (see `flowforge.flows.models.planar()`).
 
-    Initialisation: ``w`` uniform in :math:`[-1/\sqrt D, 1/\sqrt D]^D`, and ``u`` with
-    :math:`w^\top u` near :math:`\log(e - 1)`, where :math:`m(w^\top u) = w^\top u`, so that
-    :math:`\hat u` is small noise: each fresh layer is close to the identity (a slight shear),
+    Initialisation: ``w`` uniform in $[-1/\sqrt D, 1/\sqrt D]^D$, and ``u`` with
+    $w^\top u$ near $\log(e - 1)$, where $m(w^\top u) = w^\top u$, so that
+    $\hat u$ is small noise: each fresh layer is close to the identity (a slight shear),
     and a stack of 32 neither collapses nor inflates the base.
 
     Args:
@@ -55,7 +56,7 @@ class Planar(Transform):
         self.max_iter = max_iter
 
     def u_hat(self) -> tuple[Tensor, Tensor]:
-        r""":math:`\hat u`, and :math:`1 + w^\top\hat u = \mathrm{softplus}(w^\top u) > 0`."""
+        r"""$\hat u$, and $1 + w^\top\hat u = \mathrm{softplus}(w^\top u) > 0$."""
         wu = self.w @ self.u
         one_plus_c = F.softplus(wu)
         return self.u + (one_plus_c - 1 - wu) * self.w / (self.w @ self.w), one_plus_c
@@ -86,10 +87,10 @@ class Planar(Transform):
 
 
 def solve_monotone_tanh(y: Tensor, c: Tensor, max_iter: int = 100) -> Tensor:
-    r"""Solve :math:`a + c \tanh a = y` elementwise for ``a``, given :math:`c > -1`.
+    r"""Solve $a + c \tanh a = y$ elementwise for ``a``, given $c > -1$.
 
-    The left side is strictly increasing (its derivative :math:`1 + c(1 - \tanh^2 a)` is at
-    least :math:`\min(1, 1 + c) > 0`), and :math:`|a - y| \le |c|`. Newton's method runs inside
+    The left side is strictly increasing (its derivative $1 + c(1 - \tanh^2 a)$ is at
+    least $\min(1, 1 + c) > 0$), and $|a - y| \le |c|$. Newton's method runs inside
     that bracket, with a bisection step instead whenever Newton would leave the bracket or
     does not at least halve the step before last (the safeguard of Numerical Recipes'
     ``rtsafe``, which stops Newton's 2-cycles on the flat parts of ``tanh``), until the step is

@@ -1,9 +1,9 @@
 r"""Preprocessing of image data as a transform, so that its log-determinant is counted.
 
-Pixels ``k`` in ``[0, L)`` are dequantised by the data pipeline to :math:`x = (k + u)/L` in
-:math:`[0, 1]` (:meth:`flowforge.datasets.Split.dequantize`); the flow's density is over
-``x``, and the conversion to bits/dim adds the :math:`D \log L` of the scaling by ``1/L``
-(:meth:`flowforge.datasets.Split.bits_per_dim`). :class:`Logit` maps ``[0, 1]`` to the real
+Pixels ``k`` in ``[0, L)`` are dequantised by the data pipeline to $x = (k + u)/L$ in
+$[0, 1]$ (`flowforge.datasets.Split.dequantize()`); the flow's density is over
+``x``, and the conversion to bits/dim adds the $D \log L$ of the scaling by ``1/L``
+(`flowforge.datasets.Split.bits_per_dim()`). `Logit` maps ``[0, 1]`` to the real
 line, as Real NVP does, with its log-determinant in the likelihood.
 """
 
@@ -15,15 +15,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import Transform
+from flowforge.transforms.base import Transform
 
 
 class Logit(Transform):
     r"""Real NVP's logit preprocessing of values in ``[0, 1]`` (Dinh et al. 2016, sec. 4.1).
 
-    .. math::
-        s = \alpha + (1 - 2\alpha)\,x, \qquad y = \log s - \log(1 - s), \qquad
-        \log|\det J| = \textstyle\sum_i \log(1 - 2\alpha) - \log s_i - \log(1 - s_i)
+    $$
+    s = \alpha + (1 - 2\alpha)\,x, \qquad y = \log s - \log(1 - s), \qquad
+    \log|\det J| = \textstyle\sum_i \log(1 - 2\alpha) - \log s_i - \log(1 - s_i)
+    $$
 
     ``alpha`` keeps ``y`` finite at pixels 0 and 1 (the paper uses 0.05). With
     ``alpha = 0`` and a standard logistic base the flow is exactly uniform on ``[0, 1]^D``.

@@ -6,30 +6,31 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Transform
+from flowforge.transforms.base import Transform
 
 
 class Radial(Transform):
-    r"""The radial map around a centre :math:`z_0`, in the paper's generative direction:
+    r"""The radial map around a centre $z_0$, in the paper's generative direction:
 
-    .. math::
-        f(z) = z + \frac{\beta}{\alpha + r}(z - z_0), \qquad r = \|z - z_0\|,
+    $$
+    f(z) = z + \frac{\beta}{\alpha + r}(z - z_0), \qquad r = \|z - z_0\|,
 
-        \log|\det \partial f/\partial z| = (D - 1)\log\Big(1 + \frac{\beta}{\alpha + r}\Big)
-            + \log\Big(1 + \frac{\alpha\beta}{(\alpha + r)^2}\Big)
+    \log|\det \partial f/\partial z| = (D - 1)\log\Big(1 + \frac{\beta}{\alpha + r}\Big)
+    + \log\Big(1 + \frac{\alpha\beta}{(\alpha + r)^2}\Big)
+    $$
 
-    with :math:`\alpha = \mathrm{softplus}(\hat\alpha) > 0` and
-    :math:`\beta = -\alpha + \mathrm{softplus}(\hat\beta) > -\alpha`, the paper's condition for
+    with $\alpha = \mathrm{softplus}(\hat\alpha) > 0$ and
+    $\beta = -\alpha + \mathrm{softplus}(\hat\beta) > -\alpha$, the paper's condition for
     invertibility.
 
-    ``inverse`` is closed form: with :math:`\rho = \|x - z_0\|`, the radius :math:`r` solves
-    :math:`\rho = r(\alpha + \beta + r)/(\alpha + r)`, i.e. the quadratic
-    :math:`r^2 + (\alpha + \beta - \rho) r - \alpha\rho = 0`, whose one non-negative root is
+    ``inverse`` is closed form: with $\rho = \|x - z_0\|$, the radius $r$ solves
+    $\rho = r(\alpha + \beta + r)/(\alpha + r)$, i.e. the quadratic
+    $r^2 + (\alpha + \beta - \rho) r - \alpha\rho = 0$, whose one non-negative root is
     taken in the form that avoids cancellation; then
-    :math:`z = z_0 + (x - z_0) / (1 + \beta/(\alpha + r))`.
+    $z = z_0 + (x - z_0) / (1 + \beta/(\alpha + r))$.
 
-    Initialisation: :math:`z_0 \sim \mathcal N(0, I/D)`, :math:`\hat\alpha \sim \mathcal N(0, 1)`
-    and :math:`\hat\beta = \hat\alpha + \mathcal N(0, 0.1^2)`, so :math:`\beta` starts near 0
+    Initialisation: $z_0 \sim \mathcal N(0, I/D)$, $\hat\alpha \sim \mathcal N(0, 1)$
+    and $\hat\beta = \hat\alpha + \mathcal N(0, 0.1^2)$, so $\beta$ starts near 0
     and each fresh layer is close to the identity.
 
     Args:
@@ -44,7 +45,7 @@ class Radial(Transform):
         self.beta_raw = nn.Parameter(alpha_raw + 0.1 * torch.randn(()))
 
     def alpha_beta(self) -> tuple[Tensor, Tensor]:
-        """The constrained :math:`(\\alpha, \\beta)`."""
+        """The constrained $(\\alpha, \\beta)$."""
         alpha = F.softplus(self.alpha_raw)
         return alpha, F.softplus(self.beta_raw) - alpha
 

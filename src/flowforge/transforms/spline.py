@@ -1,24 +1,25 @@
 r"""Monotonic rational-quadratic splines (Durkan et al. 2019, "Neural Spline Flows").
 
-On :math:`[-B, B]` the map is a rational-quadratic spline through ``K + 1`` knots
-:math:`(x^{(k)}, y^{(k)})`, from :math:`(-B, -B)` to :math:`(B, B)`, with positive
-derivatives :math:`\delta^{(k)}` at the knots; outside it is the identity (linear tails), and
-the derivatives at :math:`\pm B` are 1 so that the map is :math:`C^1`. In bin ``k``, with
-:math:`w = x^{(k+1)} - x^{(k)}`, :math:`h = y^{(k+1)} - y^{(k)}`, :math:`s = h / w` and
-:math:`\xi = (x - x^{(k)}) / w \in [0, 1]`:
+On $[-B, B]$ the map is a rational-quadratic spline through ``K + 1`` knots
+$(x^{(k)}, y^{(k)})$, from $(-B, -B)$ to $(B, B)$, with positive
+derivatives $\delta^{(k)}$ at the knots; outside it is the identity (linear tails), and
+the derivatives at $\pm B$ are 1 so that the map is $C^1$. In bin ``k``, with
+$w = x^{(k+1)} - x^{(k)}$, $h = y^{(k+1)} - y^{(k)}$, $s = h / w$ and
+$\xi = (x - x^{(k)}) / w \in [0, 1]$:
 
-.. math::
-    y = y^{(k)} + \frac{h\,[s\xi^2 + \delta^{(k)}\xi(1-\xi)]}
-                        {s + [\delta^{(k+1)} + \delta^{(k)} - 2s]\,\xi(1-\xi)},\qquad
-    \frac{dy}{dx} = \frac{s^2\,[\delta^{(k+1)}\xi^2 + 2s\xi(1-\xi) + \delta^{(k)}(1-\xi)^2]}
-                         {(s + [\delta^{(k+1)} + \delta^{(k)} - 2s]\,\xi(1-\xi))^2}
+$$
+y = y^{(k)} + \frac{h\,[s\xi^2 + \delta^{(k)}\xi(1-\xi)]}
+{s + [\delta^{(k+1)} + \delta^{(k)} - 2s]\,\xi(1-\xi)},\qquad
+\frac{dy}{dx} = \frac{s^2\,[\delta^{(k+1)}\xi^2 + 2s\xi(1-\xi) + \delta^{(k)}(1-\xi)^2]}
+{(s + [\delta^{(k+1)} + \delta^{(k)} - 2s]\,\xi(1-\xi))^2}
+$$
 
-and the inverse solves the quadratic :math:`a\xi^2 + b\xi + c = 0` for its root in
-:math:`[0, 1]`, :math:`\xi = 2c / (-b - \sqrt{b^2 - 4ac}) = (-b + \sqrt{b^2 - 4ac}) / 2a`,
-taking for each element the form without cancellation (the first for :math:`b \ge 0`).
+and the inverse solves the quadratic $a\xi^2 + b\xi + c = 0$ for its root in
+$[0, 1]$, $\xi = 2c / (-b - \sqrt{b^2 - 4ac}) = (-b + \sqrt{b^2 - 4ac}) / 2a$,
+taking for each element the form without cancellation (the first for $b \ge 0$).
 
 Every input goes through the same arithmetic: inputs in the tails are clamped to
-:math:`[-B, B]` for the spline branch (so it stays finite) and replaced by the identity with
+$[-B, B]$ for the spline branch (so it stays finite) and replaced by the identity with
 ``torch.where``; the bin is found with ``searchsorted``. There is no Python branch on the
 data and no boolean indexing, so shapes are static (``torch.compile`` traces it as one
 graph) and a batch with every input in the tails is an ordinary batch.
@@ -28,13 +29,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .autoregressive import Autoregressive
-from .coupling import Coupling, check_bound
+from flowforge.transforms.autoregressive import Autoregressive
+from flowforge.transforms.coupling import Coupling, check_bound
 
 MIN_BIN = 1e-3  # the smallest width and height of a bin, as a fraction of 2B
 MIN_DERIVATIVE = 1e-3
@@ -50,12 +52,12 @@ def spline_params_per_feature(bins: int) -> int:
 
 def softmax(raw: Tensor) -> Tensor:
     r"""The softmax over the last dimension,
-    :math:`\sigma_k = e^{r_k - m} / \sum_j e^{r_j - m}` with :math:`m = \max_j r_j`.
+    $\sigma_k = e^{r_k - m} / \sum_j e^{r_j - m}$ with $m = \max_j r_j$.
 
     The same function as ``torch.softmax(raw, -1)``, written out because the CPU kernel is
     slow on a last dimension as short as a spline's bins (K = 8: 0.59 ms against 0.13 ms
     forward and 0.87 against 0.25 ms with the backward, on a (512, 8, 8) batch, one thread).
-    The shift :math:`m` is held constant for the gradient: the softmax does not depend on
+    The shift $m$ is held constant for the gradient: the softmax does not depend on
     it, so its gradient is unchanged.
     """
     shifted = (raw - raw.detach().amax(-1, keepdim=True)).exp()
@@ -91,15 +93,15 @@ def _in_bin(knots: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
 def rational_quadratic(
     x: Tensor, params: Tensor, bound: float, inverse: bool = False
 ) -> tuple[Tensor, Tensor]:
-    r"""The spline of the module docstring, elementwise, and :math:`\log|dy/dx|` per element.
+    r"""The spline of the module docstring, elementwise, and $\log|dy/dx|$ per element.
 
     Args:
         x: inputs ``(...)`` (``y`` when ``inverse``).
         params: unconstrained parameters ``(..., 3K - 1)`` per element (see
-            :func:`spline_knots`); zeros give the identity.
+            `spline_knots()`); zeros give the identity.
         bound: ``B``, the half-width of the spline's interval.
         inverse: evaluate the inverse map and its log-derivative
-            :math:`\log|dx/dy| = -\log|dy/dx|`.
+            $\log|dx/dy| = -\log|dy/dx|$.
 
     Returns:
         the outputs ``(...)`` and the log-derivatives ``(...)``.
@@ -144,18 +146,23 @@ def rational_quadratic(
 
 class SplineCoupling(Coupling):
     r"""A coupling layer whose elementwise map is a rational-quadratic spline:
-    :math:`z_B = \mathrm{RQS}(x_B;\ \theta(x_A, c))`, identity outside :math:`[-B, B]`.
+    $z_B = \mathrm{RQS}(x_B;\ \theta(x_A, c))$, identity outside $[-B, B]$.
 
     Args:
         mask: ``(D,)`` booleans, ``True`` for the kept features.
         bins: ``K``, the number of bins.
         tail_bound: ``B``.
         **kwargs: ``hidden``, ``activation``, ``context_dim``, ``conditioner`` as in
-            :class:`Coupling`.
+            `Coupling`.
     """
 
     def __init__(
-        self, mask: Tensor | Sequence[bool], *, bins: int = 8, tail_bound: float = 3.0, **kwargs
+        self,
+        mask: Tensor | Sequence[bool],
+        *,
+        bins: int = 8,
+        tail_bound: float = 3.0,
+        **kwargs: Any,
     ) -> None:
         check_bound("tail_bound", tail_bound)
         self.params_per_feature = spline_params_per_feature(bins)
@@ -179,17 +186,19 @@ class SplineCoupling(Coupling):
 
 class SplineAutoregressive(Autoregressive):
     r"""An autoregressive rational-quadratic spline (the autoregressive NSF layer):
-    :math:`z_i = \mathrm{RQS}(x_i;\ \theta_i(x_{<i}, c))`, identity outside :math:`[-B, B]`.
+    $z_i = \mathrm{RQS}(x_i;\ \theta_i(x_{<i}, c))$, identity outside $[-B, B]$.
 
     Args:
         features: ``D``.
         bins: ``K``, the number of bins.
         tail_bound: ``B``.
         **kwargs: ``hidden``, ``context_dim``, ``order``, ``residual``, ``activation``,
-            ``seed`` as in :class:`Autoregressive`.
+            ``seed`` as in `Autoregressive`.
     """
 
-    def __init__(self, features: int, *, bins: int = 8, tail_bound: float = 3.0, **kwargs) -> None:
+    def __init__(
+        self, features: int, *, bins: int = 8, tail_bound: float = 3.0, **kwargs: Any
+    ) -> None:
         check_bound("tail_bound", tail_bound)
         self.params_per_feature = spline_params_per_feature(bins)
         super().__init__(features, **kwargs)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .base import Transform
+from flowforge.transforms.base import Transform
 
 
 class Squeeze(Transform):
     r"""Trade space for channels: each 2x2 block of pixels becomes 4 channels of one pixel.
 
-    .. math:: z_{4c + 2i + j,\ h,\ w} = x_{c,\ 2h + i,\ 2w + j}, \qquad \log|\det J| = 0
+    $$
+    z_{4c + 2i + j,\ h,\ w} = x_{c,\ 2h + i,\ 2w + j}, \qquad \log|\det J| = 0
+    $$
 
     Shapes: ``(batch, C, H, W) -> (batch, 4C, H/2, W/2)``; ``H`` and ``W`` must be even.
     The inverse (``Squeeze().inv``) puts the pixels back.

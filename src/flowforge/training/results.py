@@ -1,0 +1,135 @@
+"""What training gives back and held-out evaluation: `History`, `Report`,
+`evaluate()`."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from flowforge.datasets.base import Split
+from flowforge.flows.flow import Flow
+from flowforge.runtime import atomic
+
+
+@dataclass
+class History:
+    """What `fit()` did: one dict per epoch (``epoch``, ``train_nll``, ``val_nll``, ``lr``,
+    ``seconds``, and ``train_bpd`` / ``val_bpd`` for discrete data), the best epoch, why it
+    stopped, and the events on the way (rollbacks, resumes, settings changed on resume)."""
+
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int | None = None
+    best_val_nll: float | None = None
+    stopped: str = "finished"
+    events: list[dict[str, Any]] = field(default_factory=list)  # rollbacks, resumes, changes
+    signal: int | None = None  # the signal that stopped training, if one did
+
+    def __len__(self) -> int:
+        return len(self.epochs)
+
+
+@dataclass
+class Report:
+    r"""Held-out likelihood: mean NLL in nats per sample with its standard error, and for
+    discrete data bits/dim (see `Split`)."""
+
+    nll: float
+    nll_se: float
+    n: int
+    dim: int
+    bits_per_dim: float | None = None
+
+    @property
+    def nll_per_dim(self) -> float:
+        return self.nll / self.dim
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        text = f"NLL {self.nll:.4f} +- {self.nll_se:.4f} nats ({self.n} samples, {self.dim} dims)"
+        if self.bits_per_dim is not None:
+            text += f", {self.bits_per_dim:.4f} bits/dim"
+        return text
+
+
+def as_split(data: Split | Tensor) -> Split:
+    """A `Split` from a split or a plain tensor of continuous samples."""
+    if isinstance(data, Split):
+        return data
+    if isinstance(data, Tensor):
+        return Split(data)
+    raise TypeError(f"expected a Tensor or a flowforge.datasets.Split, got {type(data).__name__}")
+
+
+def _check_data(flow: Flow, split: Split, name: str) -> None:
+    if tuple(split.event_shape) != tuple(flow.event_shape):
+        raise ValueError(
+            f"{name} samples have shape {tuple(split.event_shape)} but the flow models "
+            f"{tuple(flow.event_shape)}; flatten images for vector flows (Dataset.flatten())"
+        )
+    if not torch.isfinite(split.x).all():
+        raise ValueError(f"{name} contains NaN or infinite values; expected finite numbers")
+
+
+@torch.no_grad()
+def nll_values(
+    model: Flow | Any, data: Split | Tensor, batch_size: int = 4096, seed: int = 0
+) -> Tensor:
+    """``-log q(x_i)`` for every sample of ``data`` (float64, ``(N,)``), in batches.
+
+    ``model`` is anything with ``log_prob``; discrete data are dequantised with noise drawn
+    from ``seed``, so the values are reproducible.
+    """
+    split = as_split(data)
+    dtype = getattr(model, "dtype", torch.float32)
+    device = getattr(model, "device", torch.device("cpu"))
+    was_training = getattr(model, "training", False)
+    if hasattr(model, "eval"):
+        model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    nll = []
+    for start in range(0, len(split), batch_size):
+        x = split.dequantize(split.x[start : start + batch_size], generator)
+        context = None if split.context is None else split.context[start : start + batch_size]
+        x = x.to(device, dtype)
+        if context is not None:
+            context = context.to(device, dtype)
+        log_p = model.log_prob(x) if context is None else model.log_prob(x, context)
+        nll.append(-log_p.double().cpu())
+    if was_training:
+        model.train()
+    return torch.cat(nll)
+
+
+def evaluate(
+    model: Flow | Any, data: Split | Tensor, batch_size: int = 4096, seed: int = 0
+) -> Report:
+    """Mean NLL of ``model`` on ``data`` in nats, with its standard error; bits/dim for
+    discrete data (dequantised with noise from ``seed``)."""
+    split = as_split(data)
+    return report_of(nll_values(model, split, batch_size, seed), split)
+
+
+def report_of(values: Tensor, split: Split) -> Report:
+    """The `Report` of per-sample NLL ``values`` ``(N,)`` computed on ``split``."""
+    mean = values.mean().item()
+    se = (values.std().item() / math.sqrt(len(values))) if len(values) > 1 else float("nan")
+    bpd = split.bits_per_dim(mean) if split.discrete else None
+    return Report(nll=mean, nll_se=se, n=len(values), dim=split.dim, bits_per_dim=bpd)
+
+
+def write_records(records: list[dict[str, Any]], path: str | Path) -> None:
+    """One JSON line per record, replacing ``path`` atomically."""
+    atomic.write_text(path, "".join(json.dumps(record) + "\n" for record in records))
+
+
+def write_metrics(history: History, path: str | Path) -> None:
+    """One JSON line per epoch of ``history``, replacing ``path`` atomically."""
+    write_records(history.epochs, path)
