@@ -263,6 +263,26 @@ def check_equal(case: str, dtype: torch.dtype = torch.float64) -> float:
     return max(worst, abs(loss_e.item() - loss_f.item()) / abs(loss_e.item()))
 
 
+def header(check: bool = False) -> list[str]:
+    """The table's header lines; ``check``: with the float64 check's column."""
+    columns = "| case | eager step (ms) | fused step (ms) | fused speed-up | normflows (ms) "
+    columns += "| eager vs normflows | fused vs normflows |" + (" check |" if check else "")
+    return [columns, "|---|---|---|---|---|---|---|" + ("---|" if check else "")]
+
+
+def row(case: str, ms: dict[str, float], difference: float | None = None) -> str:
+    """One case's row from its median step times in ms (``eager``, ``fused`` and, when it
+    was timed, ``normflows``) and, if given, the check's largest relative difference."""
+    peer = ms.get("normflows")
+    over_peer = [f"{peer / ms[name]:.2f}x" if peer else "-" for name in ("eager", "fused")]
+    line = (
+        f"| {case} | {ms['eager']:.2f} | {ms['fused']:.2f} | "
+        f"{ms['eager'] / ms['fused']:.2f}x | {'-' if peer is None else f'{peer:.2f}'} "
+        f"| {' | '.join(over_peer)} |"
+    )
+    return line + (f" {difference:.0e} |" if difference is not None else "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", nargs="+", default=["A", "C"], choices=sorted(FUSE))
@@ -273,11 +293,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     records = []
-    lines = [
-        "| case | eager step (ms) | fused step (ms) | fused speed-up | normflows (ms) "
-        "| eager vs normflows | fused vs normflows | check |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    lines = header(check=True)
     for case in args.cases:
         if case == "A":
             try:
@@ -297,13 +313,7 @@ def main() -> None:
             calls["normflows"] = training_step(peers.build("normflows", case), batch)
         timings = interleaved(calls, args.rounds, args.warmup)
         ms = {name: t.median * 1e3 for name, t in timings.items()}
-        peer = ms.get("normflows")
-        over_peer = [f"{peer / ms[name]:.2f}x" if peer else "-" for name in ("eager", "fused")]
-        lines.append(
-            f"| {case} | {ms['eager']:.2f} | {ms['fused']:.2f} | "
-            f"{ms['eager'] / ms['fused']:.2f}x | {'-' if peer is None else f'{peer:.2f}'} "
-            f"| {' | '.join(over_peer)} | {difference:.0e} |"
-        )
+        lines.append(row(case, ms, difference))
         records.append(
             {
                 "case": case,

@@ -43,7 +43,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mkdocs.exceptions import PluginError
+try:  # MkDocs reports a PluginError as one clean line; the tests import this without MkDocs
+    from mkdocs.exceptions import PluginError
+except ImportError:  # pragma: no cover - the dev extra has no MkDocs
+    PluginError = Exception
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -77,27 +80,14 @@ def floor(path: Path) -> str:
 
 
 def fused(path: Path) -> str:
-    """``python -m benchmarks.fused``'s table (its rows' format), without the ``check``
-    column (the float64 check's largest relative difference, which the page gives in words)."""
-    lines = [
-        "| case | eager step (ms) | fused step (ms) | fused speed-up | normflows (ms) "
-        "| eager vs normflows | fused vs normflows |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    """``python -m benchmarks.fused``'s table without the ``check`` column (the float64
+    check's largest relative difference, which the page gives in words)."""
+    module = _module("fused")
+    rows = []
     for record in _load(path):
-        ms = {
-            name: 1e3 * record[name]["median_s"]
-            for name in ("eager", "fused", "normflows")
-            if name in record
-        }
-        peer = ms.get("normflows")
-        over_peer = [f"{peer / ms[name]:.2f}x" if peer else "-" for name in ("eager", "fused")]
-        lines.append(
-            f"| {record['case']} | {ms['eager']:.2f} | {ms['fused']:.2f} | "
-            f"{ms['eager'] / ms['fused']:.2f}x | {'-' if peer is None else f'{peer:.2f}'} "
-            f"| {' | '.join(over_peer)} |"
-        )
-    return "\n".join(lines)
+        names = [name for name in ("eager", "fused", "normflows") if name in record]
+        rows.append(module.row(record["case"], {n: 1e3 * record[n]["median_s"] for n in names}))
+    return "\n".join(module.header() + rows)
 
 
 def compiled(path: Path) -> str:
