@@ -134,7 +134,7 @@ def run(name: str, args: argparse.Namespace) -> dict[str, Any]:
     generator = torch.Generator().manual_seed(args.seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(args.seed)
-        flow_draws = flow.sample(args.posterior_samples, context=x_obs)  # (k, n, theta_dim)
+        flow_draws = flow.sample(args.posterior_samples, context=x_obs)  # (n, k, theta_dim)
     exact_draws = simulator.sample_posterior(x_obs.double(), args.posterior_samples, generator)
     flow_errors = posterior_errors(flow_draws, true_mean, true_cov)
     exact_errors = posterior_errors(exact_draws, true_mean, true_cov)

@@ -99,8 +99,9 @@ def test_conditional_sample_and_log_prob_agrees_with_log_prob(key, base):
     flow = build(key, context_dim=3, embedding_dim=5, base=base)
     context = torch.randn(7, 3, dtype=torch.float64)
     x, log_q = flow.sample_and_log_prob(10, context=context)
-    assert x.shape == (7, 10, 4) and log_q.shape == (7, 10)
-    repeated = context[:, None].expand(7, 10, 3)
+    assert x.shape == (10, 7, 4) and log_q.shape == (10, 7)  # (*sample_shape, *contexts, D)
+    repeated = context.expand(10, 7, 3)
+    torch.testing.assert_close(flow.log_prob(x, context=context), flow.log_prob(x, repeated))
     # rtol 1e-7: a few draws land where the random residual MADEs are ill-conditioned.
     torch.testing.assert_close(log_q, flow.log_prob(x, context=repeated), atol=1e-8, rtol=1e-7)
     # Different contexts, different densities of the same points.

@@ -31,8 +31,8 @@ def gaussian_posterior(scale: float = 1.0, shift: float = 0.0):
     def sample(x: torch.Tensor, n: int) -> torch.Tensor:
         mean, cov = SIMULATOR.posterior(x.double())
         factor = torch.linalg.cholesky(cov)
-        z = torch.randn(len(x), n, 2, dtype=torch.float64)
-        return mean.unsqueeze(1) + shift * cov.diagonal().sqrt() + scale * z @ factor.T
+        z = torch.randn(len(x), n, 2, dtype=torch.float64).transpose(0, 1)  # (n, m, 2)
+        return mean + shift * cov.diagonal().sqrt() + scale * z @ factor.T
 
     return sample
 
@@ -52,8 +52,10 @@ def test_ranks_shape_range_and_reproducibility():
 
 
 def test_ranks_reject_a_sampler_of_the_wrong_shape():
-    with pytest.raises(ValueError, match=r"must return shape \(10, 5, 2\)"):
-        sbc_ranks(lambda x, n: torch.zeros(len(x), n), SIMULATOR, 10, 5)
+    with pytest.raises(ValueError, match=r"must return shape \(5, 10, 2\)"):
+        sbc_ranks(lambda x, n: torch.zeros(n, len(x)), SIMULATOR, 10, 5)
+    with pytest.raises(ValueError, match=r"must return shape \(5, 10, 2\)"):  # the old layout
+        sbc_ranks(lambda x, n: torch.zeros(len(x), n, 2), SIMULATOR, 10, 5)
 
 
 def test_exact_posterior_gives_uniform_ranks():

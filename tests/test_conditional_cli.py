@@ -109,11 +109,11 @@ def test_sample_with_a_context_or_a_context_file_follows_the_context(
     assert main([*args, "--context-file", str(tmp_path / "contexts.npy")]) == 0
     assert "400 samples for each of 3 contexts" in capsys.readouterr().out
     samples = np.load(path)
-    assert samples.shape == (3, 400, 2)
-    assert np.abs(samples.mean(1) - contexts).max() < 0.1
+    assert samples.shape == (400, 3, 2)  # (n, contexts, D), as Flow.sample lays them out
+    assert np.abs(samples.mean(0) - contexts).max() < 0.1
     (tmp_path / "contexts.csv").write_text("c1,c2\n-1.5,1.5\n")
     assert main([*args, "--context-file", str(tmp_path / "contexts.csv")]) == 0
-    assert np.load(path).shape == (1, 400, 2)
+    assert np.load(path).shape == (400, 1, 2)
 
 
 def test_plot_of_a_conditional_run_draws_samples_for_test_contexts(conditional_run, capsys):

@@ -44,7 +44,7 @@ def test_nan_input(flow):
 
 def test_missing_context_for_a_conditional_flow():
     flow = ff.models.realnvp(dim=2, layers=2, hidden=(8,), context_dim=4)
-    with pytest.raises(ValueError, match=r"expected context of shape \(5, 4\), got none"):
+    with pytest.raises(ValueError, match=r"expected a context of shape \(\.\.\., 4\), got none"):
         flow.log_prob(torch.randn(5, 2))
 
 

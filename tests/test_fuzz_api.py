@@ -191,8 +191,10 @@ def test_public_methods_refuse_or_return_documented_shapes(name, method, validat
         rows = batch if batch is not None else (draw.draw(st.integers(0, 3)),)
         context = draw.draw(contexts(flow, rows), label="context")
         log_p = call(method, flow, x, context)
-        if log_p is not None:
-            assert log_p.shape == batch and log_p.dtype == flow.dtype
+        if log_p is not None:  # the batch shapes of x and the context broadcast
+            rows = () if context is None else tuple(context.shape[:-1])
+            assert log_p.shape == torch.broadcast_shapes(batch, rows)
+            assert log_p.dtype == flow.dtype
         return
     shape = draw.draw(sample_shapes, label="sample_shape")
     m = draw.draw(st.integers(0, 3), label="context rows")
@@ -201,8 +203,8 @@ def test_public_methods_refuse_or_return_documented_shapes(name, method, validat
     result = call(method, flow, shape, context, **kwargs)
     if result is None:
         return
-    rows = () if context is None else context.shape[:1]  # any (m, k) context gives m rows
-    expected = (*rows, *_sizes(shape))
+    rows = () if context is None else tuple(context.shape[:-1])  # (..., k): one per context
+    expected = (*_sizes(shape), *rows)
     if method == "sample_and_log_prob":
         x, log_q = result
         assert x.shape == (*expected, *event) and log_q.shape == expected

@@ -50,7 +50,7 @@ def test_shapes_dtypes_and_reproducible_joint_samples(name):
     assert mean.shape == (3, simulator.theta_dim)
     assert cov.shape == (3, simulator.theta_dim, simulator.theta_dim)
     draws = simulator.sample_posterior(x[:3], 5)
-    assert draws.shape == (3, 5, simulator.theta_dim) and draws.dtype == torch.float32
+    assert draws.shape == (5, 3, simulator.theta_dim) and draws.dtype == torch.float32
     assert torch.isfinite(simulator.log_posterior(draws, x[:3])).all()
     with pytest.raises(ValueError, match="shape"):
         simulator.posterior_moments(torch.zeros(3, simulator.x_dim + 1))
@@ -102,8 +102,8 @@ def test_linear_gaussian_prior_and_exact_samples():
     x = simulator.simulate(theta[:2])
     draws = simulator.sample_posterior(x, 50_000, torch.Generator().manual_seed(1)).double()
     mean, cov = simulator.posterior(x)
-    torch.testing.assert_close(draws.mean(1), mean.double(), atol=0.01, rtol=0)
-    torch.testing.assert_close(draws[0].T.cov(), cov.double(), atol=0.005, rtol=0)
+    torch.testing.assert_close(draws.mean(0), mean.double(), atol=0.01, rtol=0)
+    torch.testing.assert_close(draws[:, 0].T.cov(), cov.double(), atol=0.005, rtol=0)
 
 
 def test_linear_gaussian_rejects_bad_arguments():
@@ -184,14 +184,14 @@ def test_two_moons_grid_and_rejection_posteriors_agree():
     draws = simulator.sample_posterior(x.double(), 40_000, torch.Generator().manual_seed(0))
     assert (draws.abs() <= 1).all()
     for i in range(4):
-        torch.testing.assert_close(draws[i].mean(0), mean[i], atol=0.01, rtol=0)
-        torch.testing.assert_close(draws[i].T.cov(), cov[i], atol=0.005, rtol=0)
+        torch.testing.assert_close(draws[:, i].mean(0), mean[i], atol=0.01, rtol=0)
+        torch.testing.assert_close(draws[:, i].T.cov(), cov[i], atol=0.005, rtol=0)
     jittered = simulator.sample_posterior_grid(x.double(), 40_000, torch.Generator().manual_seed(1))
-    assert jittered.shape == (4, 40_000, 2)
-    torch.testing.assert_close(jittered.mean(1), mean, atol=0.01, rtol=0)
+    assert jittered.shape == (40_000, 4, 2)
+    torch.testing.assert_close(jittered.mean(0), mean, atol=0.01, rtol=0)
     # the evidence normalises the posterior: log p(theta | x) integrates to 1 on the grid
     points, area = grid_2d((-1.0, -1.0), (1.0, 1.0), 1000)
-    log_post = simulator.log_posterior(points[None], x[:1].double())
+    log_post = simulator.log_posterior(points[:, None], x[:1].double())
     assert (log_post.exp().sum() * area).item() == pytest.approx(1.0, abs=1e-6)
 
 

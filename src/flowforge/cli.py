@@ -301,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     given.add_argument(
         "--context-file",
-        help="for a conditional run: a .npy or .csv file of m contexts (m, k); samples (m, n, D)",
+        help="for a conditional run: a .npy or .csv file of m contexts (m, k); samples (n, m, D)",
     )
     plot = _add_command(commands, "plot", help="(re)draw a run's figures into RUN/plots")
     plot.add_argument("run", help="run directory")
@@ -461,7 +461,7 @@ def _run(args: argparse.Namespace) -> None:
         np.save(out, samples)
         if context is not None and np.ndim(context) == 2:
             print(
-                f"wrote {args.n} samples for each of {samples.shape[0]} contexts, "
+                f"wrote {args.n} samples for each of {samples.shape[1]} contexts, "
                 f"array of shape {samples.shape}, to {out}"
             )
         else:

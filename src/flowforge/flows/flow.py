@@ -48,7 +48,10 @@ def sample_shape_tuple(sample_shape: object) -> tuple[int, ...]:
 
 def _check_finite(value: Tensor, name: str) -> None:
     """Raise a one-line ValueError if ``value`` has NaN or infinite entries (one device
-    synchronisation when it has none)."""
+    synchronisation when it has none). Skipped while ``torch.jit.trace`` records the call (as
+    Pyro's ``JitTrace_ELBO`` does), where a data-dependent check cannot be part of a graph."""
+    if torch.jit.is_tracing():
+        return
     if not torch.isfinite(value).all():
         nan, inf = int(torch.isnan(value).sum()), int(torch.isinf(value).sum())
         counts = [f"{nan} NaN"] * bool(nan) + [f"{inf} infinite"] * bool(inf)
@@ -83,8 +86,10 @@ class Flow(nn.Module, Distribution):
     ``event_shape``), so it fits wherever either is expected. ``flow(x)`` is ``log_prob(x)``.
 
     Shapes: ``x`` is ``(*batch, *event_shape)``, ``log_prob(x)`` is ``(*batch,)``; ``sample(n)``
-    is ``(n, *event_shape)``. With a ``context`` of shape ``(m, k)``, ``sample(n, context)``
-    draws ``n`` samples per context row: ``(m, n, *event_shape)``. Empty batches work:
+    is ``(n, *event_shape)``. With a ``context`` of shape ``(*context_batch, k)``,
+    ``sample(n, context)`` draws ``n`` samples per context: ``(n, *context_batch,
+    *event_shape)``, as torch, zuko and sbi lay them out; in ``log_prob(x, context)`` the
+    batch dimensions of ``x`` and the context broadcast. Empty batches work:
     ``log_prob`` of ``(0, *event_shape)`` is ``(0,)``, ``sample(0)`` is ``(0, *event_shape)``.
 
     Refused, with a one-line ``TypeError`` or ``ValueError`` that says what was given and what
@@ -146,13 +151,28 @@ class Flow(nn.Module, Distribution):
     def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """$\\log p(x)$ in nats: ``(*batch, *event_shape) -> (*batch,)``.
 
-        ``context``: ``(*batch, k)``, required by a conditional flow and refused by an
-        unconditional one. Refused too: an ``x`` that is not a tensor of the flow's dtype and
-        of this shape and, with ``validate_args``, NaN or infinite values (see `Flow`).
+        ``context``: ``(*context_batch, k)``, required by a conditional flow and refused by an
+        unconditional one; its batch dimensions broadcast against ``x``'s, as torch's do (a
+        context ``(k,)`` or ``(1, k)`` serves every ``x``; ``x`` of shape ``(n, m, *event)``
+        is scored under the ``m`` contexts ``(m, k)``), and the result has the broadcast
+        batch shape. Refused too: an ``x`` that is not a tensor of the flow's dtype and of
+        this shape, batch shapes that do not broadcast and, with ``validate_args``, NaN or
+        infinite values (see `Flow`).
         """
         self._check(x, "x")
         batch_shape = x.shape[: x.dim() - len(self.event_shape)]
-        context = self._check_context(context, batch_shape)
+        context = self._check_context(context)
+        if context is not None:
+            try:
+                batch_shape = torch.broadcast_shapes(batch_shape, context.shape[:-1])
+            except RuntimeError:
+                raise ValueError(
+                    f"x has batch shape {tuple(batch_shape)} and context batch shape "
+                    f"{tuple(context.shape[:-1])}, which do not broadcast; expected equal "
+                    "shapes, or 1 (or nothing) where one of them is shared"
+                ) from None
+            context = context.expand(*batch_shape, context.shape[-1])
+            x = x.expand(*batch_shape, *self.event_shape)
         n = math.prod(batch_shape)
         if n == 0:  # nothing to evaluate (nor to initialise ActNorm from)
             return x.new_zeros(batch_shape)
@@ -162,11 +182,56 @@ class Flow(nn.Module, Distribution):
         z, logdet = self.transform(x, context)
         return (self.base.log_prob(z, context) + logdet).reshape(batch_shape)
 
+    def condition(self, context: Tensor) -> ConditionedFlow:
+        """$q(\\cdot \\mid c)$ as a ``torch.distributions.Distribution`` of ``batch_shape``
+        ``context.shape[:-1]``: its ``sample``, ``rsample``, ``rsample_and_log_prob`` and
+        ``log_prob`` take no context, so it goes wherever a distribution is expected (zuko's
+        ``flow(c)``, sbi's ``posterior.set_default_x``).
+
+        Examples:
+            >>> import torch, flowforge as ff
+            >>> flow = ff.models.maf(dim=2, context_dim=3)
+            >>> q = flow.condition(torch.randn(5, 3))
+            >>> q.batch_shape, q.sample((7,)).shape, q.log_prob(q.sample()).shape
+            (torch.Size([5]), torch.Size([7, 5, 2]), torch.Size([5]))
+        """
+        if self.context_dim == 0:
+            raise ValueError("this flow is not conditional; use the flow itself, or expand()")
+        return ConditionedFlow(self, self._check_context(context))
+
+    def expand(self, batch_shape: Sequence[int], _instance: object = None) -> ConditionedFlow:
+        """The flow with batch dimensions ``batch_shape``, as torch's ``Distribution.expand``:
+        independent draws of the same flow, ``sample(s)`` of shape ``(*s, *batch_shape,
+        *event_shape)`` (Pyro's plates and vectorised particles expand distributions so)."""
+        if self.context_dim != 0:
+            raise ValueError(
+                "a conditional flow needs its context first: flow.condition(c).expand(shape)"
+            )
+        return ConditionedFlow(self, None, batch_shape)
+
+    @property
+    def mean(self) -> Tensor:
+        raise NotImplementedError(
+            "a flow's mean has no closed form; estimate it by flow.sample(n).mean(0)"
+        )
+
+    @property
+    def variance(self) -> Tensor:
+        raise NotImplementedError(
+            "a flow's variance has no closed form; estimate it by flow.sample(n).var(0)"
+        )
+
+    def entropy(self) -> Tensor:
+        raise NotImplementedError(
+            "a flow's entropy has no closed form; estimate it by "
+            "-flow.log_prob(flow.sample(n)).mean()"
+        )
+
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """``flow(x, context)`` is `log_prob()` (same shapes, same refusals)."""
         return self.log_prob(x, context)
 
-    def sample_and_log_prob(
+    def rsample_and_log_prob(
         self, sample_shape: int | Sequence[int] = (), context: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
         r"""Reparameterised samples and their log-density, from one pass:
@@ -177,10 +242,12 @@ class Flow(nn.Module, Distribution):
         $$
 
         Gradients flow into the parameters of the base and the transform (for the reverse
-        KL of variational inference). Returns ``(*sample_shape, *event_shape)`` and
-        ``(*sample_shape,)``, with a leading ``m`` dimension for a context of ``m`` rows.
+        KL of variational inference). Returns ``(*sample_shape, *context_batch,
+        *event_shape)`` and ``(*sample_shape, *context_batch)`` for a context of shape
+        ``(*context_batch, k)`` (``(k,)``: one context), the layout of torch, zuko and sbi.
         Refused: a ``sample_shape`` that is not an int >= 0 or a sequence of them, and a
-        context that is not ``(m, k)`` of the flow's dtype, or missing or superfluous.
+        context that is not ``(..., k)`` of the flow's dtype, or missing or superfluous.
+        ``sample_and_log_prob`` is the same method.
         """
         shape, n, context = self._expand(sample_shape, context)
         if n == 0:
@@ -189,12 +256,14 @@ class Flow(nn.Module, Distribution):
         x, logdet = self.transform.inverse(z, context)
         return x.reshape(*shape, *self.event_shape), (log_pz - logdet).reshape(shape)
 
+    sample_and_log_prob = rsample_and_log_prob
+
     def rsample(
         self, sample_shape: int | Sequence[int] = (), context: Tensor | None = None
     ) -> Tensor:
-        """Reparameterised samples ``(*sample_shape, *event_shape)`` (refusals as in
-        `sample_and_log_prob()`)."""
-        return self.sample_and_log_prob(sample_shape, context)[0]
+        """Reparameterised samples ``(*sample_shape, *context_batch, *event_shape)`` (refusals
+        as in `rsample_and_log_prob()`)."""
+        return self.rsample_and_log_prob(sample_shape, context)[0]
 
     def sample(
         self,
@@ -202,13 +271,13 @@ class Flow(nn.Module, Distribution):
         context: Tensor | None = None,
         temperature: float = 1.0,
     ) -> Tensor:
-        r"""Samples ``(*sample_shape, *event_shape)``, without gradients.
+        r"""Samples ``(*sample_shape, *context_batch, *event_shape)``, without gradients.
 
         ``temperature`` ``T`` draws the latent from the base with its spread scaled by ``T``
         about its location, $z = \mu + T (z_0 - \mu)$, then maps it to data; ``T < 1``
         gives typical-looking samples (Kingma & Dhariwal 2018), ``T = 0`` the image of
         $\mu$. Refused: a ``temperature`` that is not a finite number >= 0, and what
-        `sample_and_log_prob()` refuses.
+        `rsample_and_log_prob()` refuses.
         """
         if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
             raise TypeError(f"temperature must be a number >= 0, got {_show(temperature)}")
@@ -228,15 +297,19 @@ class Flow(nn.Module, Distribution):
     def _expand(
         self, sample_shape: int | Sequence[int], context: Tensor | None
     ) -> tuple[tuple[int, ...], int, Tensor | None]:
-        """The output's batch shape, the number of draws, and the context repeated per draw
-        (both checked)."""
+        """The output's batch shape ``(*sample_shape, *context_batch)``, the number of draws,
+        and the embedded context tiled to one row per draw, sample-major (both checked)."""
         shape = sample_shape_tuple(sample_shape)
         n = math.prod(shape)
-        context = self._check_context(context, None)
+        context = self._check_context(context)
         if context is None:
             return shape, n, None
-        m = context.shape[0]
-        return (m, *shape), n * m, self._embed(context).repeat_interleave(n, 0)
+        rows = context.shape[:-1]
+        m = math.prod(rows)
+        if n * m == 0:
+            return (*shape, *rows), 0, None
+        embedded = self._embed(context.reshape(m, context.shape[-1]))
+        return (*shape, *rows), n * m, embedded.repeat(n, 1)
 
     def _embed(self, context: Tensor) -> Tensor:
         """The context as the transform and base see it: ``embedding(context)`` if any."""
@@ -270,19 +343,16 @@ class Flow(nn.Module, Distribution):
                 f"{name} has dtype {value.dtype} but the flow is {self.dtype}; convert with {hint}"
             )
 
-    def _check_context(self, context: object, batch_shape: Sequence[int] | None) -> Tensor | None:
-        """``context``, checked against the flow: ``(*batch_shape, k)`` (``log_prob``) or
-        ``(m, k)`` (sampling: ``batch_shape`` None) of the flow's dtype, given exactly when
-        the flow is conditional; a one-line error otherwise."""
+    def _check_context(self, context: object) -> Tensor | None:
+        """``context``, checked against the flow: ``(*context_batch, k)`` of the flow's dtype,
+        given exactly when the flow is conditional; a one-line error otherwise."""
         k = self.context_dim
         width = "k" if k is None else k
-        rows = ["m"] if batch_shape is None else list(batch_shape)
         if context is None:
             if k == 0:
                 return None
             raise ValueError(
-                f"this flow is conditional: expected context of shape "
-                f"{_shape_text([*rows, width])}, got none"
+                f"this flow is conditional: expected a context of shape (..., {width}), got none"
             )
         if k == 0:
             given = (
@@ -294,23 +364,70 @@ class Flow(nn.Module, Distribution):
                 f"this flow is not conditional; got a context {given} (call it without one)"
             )
         self._check_tensor(context, "context")
-        shape = tuple(context.shape)
-        with_k = "" if k is None else f" with k = {k}"
-        if batch_shape is None:
-            if context.dim() != 2 or (k is not None and shape[1] != k):
-                raise ValueError(f"context must have shape (m, k){with_k}, got {shape}")
-        elif (
-            context.dim() != len(rows) + 1
-            or shape[:-1] != tuple(rows)
-            or (k is not None and shape[-1] != k)
-        ):
+        if context.dim() == 0 or (k is not None and context.shape[-1] != k):
             raise ValueError(
-                f"context must have one row per sample, shape {_shape_text([*rows, 'k'])}"
-                f"{with_k}, got {shape}"
+                f"context must have shape (..., {width}): its last dimension the context's "
+                f"width, got {tuple(context.shape)}"
             )
         if self.validate_args:
             _check_finite(context, "context")
         return context
 
-    def __repr__(self) -> str:
-        return nn.Module.__repr__(self)
+
+class ConditionedFlow(Distribution):
+    r"""A `Flow` with fixed contexts, or with batch dimensions: $q(\cdot \mid c)$ for each row
+    of ``context`` ``(*batch_shape, k)`` (`Flow.condition`), or independent copies of an
+    unconditional flow (`Flow.expand`). A ``torch.distributions.Distribution`` whose methods
+    take no context: ``sample(s)`` and ``rsample(s)`` are ``(*s, *batch_shape, *event_shape)``,
+    ``log_prob(x)`` broadcasts ``x`` ``(..., *event_shape)`` against ``batch_shape``.
+    It holds the flow, so training the flow changes it.
+    """
+
+    arg_constraints: dict = {}  # noqa: RUF012 (torch's Distribution protocol)
+    has_rsample = True
+
+    def __init__(
+        self, flow: Flow, context: Tensor | None = None, batch_shape: Sequence[int] = ()
+    ) -> None:
+        rows = () if context is None else context.shape[:-1]
+        try:
+            shape = torch.broadcast_shapes(rows, tuple(batch_shape))
+        except RuntimeError:
+            raise ValueError(
+                f"cannot expand contexts of batch shape {tuple(rows)} to {tuple(batch_shape)}"
+            ) from None
+        self.flow = flow
+        self.context = None if context is None else context.expand(*shape, context.shape[-1])
+        super().__init__(shape, flow.event_shape, validate_args=False)
+
+    @property
+    def support(self):
+        return self.flow.support
+
+    def expand(self, batch_shape: Sequence[int], _instance: object = None) -> ConditionedFlow:
+        return type(self)(self.flow, self.context, batch_shape)
+
+    def rsample_and_log_prob(self, sample_shape: int | Sequence[int] = ()) -> tuple[Tensor, Tensor]:
+        """Draws ``(*sample_shape, *batch_shape, *event_shape)`` with their log-density, one
+        pass (`Flow.rsample_and_log_prob`)."""
+        if self.context is None:
+            shape = (*sample_shape_tuple(sample_shape), *self.batch_shape)
+            return self.flow.rsample_and_log_prob(shape)
+        return self.flow.rsample_and_log_prob(sample_shape, self.context)
+
+    sample_and_log_prob = rsample_and_log_prob
+
+    def rsample(self, sample_shape: int | Sequence[int] = ()) -> Tensor:
+        return self.rsample_and_log_prob(sample_shape)[0]
+
+    def sample(self, sample_shape: int | Sequence[int] = ()) -> Tensor:
+        with torch.no_grad():
+            return self.rsample(sample_shape)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """``(..., *event_shape) -> (...)``, the batch dimensions broadcast with
+        ``batch_shape``."""
+        if self.context is None:
+            log_p = self.flow.log_prob(x)
+            return log_p.expand(torch.broadcast_shapes(log_p.shape, self.batch_shape))
+        return self.flow.log_prob(x, self.context)

@@ -63,7 +63,7 @@ def sbc_ranks(
     case.
 
     Args:
-        sample_posterior: ``(x (m, x_dim), L) -> (m, L, theta_dim)``, e.g.
+        sample_posterior: ``(x (m, x_dim), L) -> (L, m, theta_dim)``, e.g.
             ``lambda x, n: flow.sample(n, context=x)`` or a simulator's exact
             ``sample_posterior``. It is called with up to ``batch_size`` rows of ``x`` at once
             and, to be reproducible, under the global torch generator seeded with ``seed``
@@ -90,17 +90,17 @@ def sbc_ranks(
             for start in range(0, n_simulations, batch_size):
                 rows = x[start : start + batch_size]
                 draws = sample_posterior(rows, n_posterior_samples)
-                expected = (len(rows), n_posterior_samples, theta.shape[1])
+                expected = (n_posterior_samples, len(rows), theta.shape[1])
                 if tuple(draws.shape) != expected:
                     raise ValueError(
                         f"sample_posterior(x, {n_posterior_samples}) for x of shape "
                         f"{tuple(rows.shape)} must return shape {expected}, "
                         f"got {tuple(draws.shape)}"
                     )
-                truth = theta[start : start + batch_size].double().unsqueeze(1)
+                truth = theta[start : start + batch_size].double()
                 draws = draws.detach().double().cpu()
-                below = (draws < truth).sum(1)
-                ties = (draws == truth).sum(1)
+                below = (draws < truth).sum(0)
+                ties = (draws == truth).sum(0)
                 if ties.any():
                     u = torch.rand(ties.shape, generator=generator, dtype=torch.float64)
                     below = below + torch.floor(u * (ties + 1)).long()
@@ -210,13 +210,15 @@ class PosteriorErrors:
 
 
 def sample_moments(samples: Tensor) -> tuple[Tensor, Tensor]:
-    r"""Mean ``(m, d)`` and covariance ``(m, d, d)`` of ``samples`` ``(m, n, d)`` (the
-    unbiased estimate, divided by $n - 1$), in float64."""
+    r"""Mean ``(m, d)`` and covariance ``(m, d, d)`` of ``samples`` ``(n, m, d)``, ``n`` draws
+    for each of ``m`` observations (the layout of ``Flow.sample(n, context=x)``; the unbiased
+    estimate, divided by $n - 1$), in float64."""
     samples = samples.detach().double().cpu()
-    if samples.dim() != 3 or samples.shape[1] < 2:
+    if samples.dim() != 3 or samples.shape[0] < 2:
         raise ValueError(
-            f"samples must have shape (m, n, d) with n >= 2, got {tuple(samples.shape)}"
+            f"samples must have shape (n, m, d) with n >= 2, got {tuple(samples.shape)}"
         )
+    samples = samples.transpose(0, 1)  # (m, n, d)
     mean = samples.mean(1)
     centred = samples - mean.unsqueeze(1)
     return mean, centred.transpose(1, 2) @ centred / (samples.shape[1] - 1)

@@ -23,7 +23,7 @@ Both simulators here know it: `LinearGaussian` in closed form (Gaussian conjugac
 ``log_evidence(x)``                        $\log p(x)$, ``(m,)``
 ``log_posterior(theta, x)``                $\log p(\theta \mid x)$, ``(...,)``
 ``posterior_moments(x)``                   mean ``(m, theta_dim)``, covariance ``(m, d, d)``
-``sample_posterior(x, n, generator)``      exact posterior samples ``(m, n, theta_dim)``
+``sample_posterior(x, n, generator)``      exact posterior samples ``(n, m, theta_dim)``
 =========================================  ====================================================
 
 Analytic quantities are computed in float64 and returned in the dtype of the input (samples
@@ -118,13 +118,11 @@ class Simulator(ABC):
         r"""$\log p(\theta \mid x) = \log p(x \mid \theta) + \log p(\theta) - \log p(x)$.
 
         ``theta`` ``(m, theta_dim)`` and ``x`` ``(m, x_dim)`` are pairs; or ``theta``
-        ``(m, n, theta_dim)`` holds ``n`` points per row of ``x``. Returns ``(m,)`` or
-        ``(m, n)``.
+        ``(n, m, theta_dim)`` holds ``n`` points per row of ``x`` (the layout of
+        `sample_posterior()`). Returns ``(m,)`` or ``(n, m)``.
         """
         x_rows = _rows(x, self.x_dim, "x")
         evidence = self.log_evidence(x_rows)
-        if theta.dim() == 3:
-            x_rows, evidence = x_rows.unsqueeze(1), evidence.unsqueeze(1)
         value = self.log_likelihood(theta, x_rows) + self.log_prior(theta) - evidence
         return value.to(_output_dtype(theta, x))
 
@@ -139,7 +137,7 @@ class Simulator(ABC):
         self, x: Tensor, n: int, generator: torch.Generator | None = None
     ) -> Tensor:
         r"""``n`` exact draws $\theta \sim p(\theta \mid x_j)$ per row of ``x``:
-        ``(m, x_dim) -> (m, n, theta_dim)`` (the layout of ``Flow.sample(n, context=x)``)."""
+        ``(m, x_dim) -> (n, m, theta_dim)`` (the layout of ``Flow.sample(n, context=x)``)."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(theta_dim={self.theta_dim}, x_dim={self.x_dim})"
@@ -277,11 +275,12 @@ class LinearGaussian(Simulator):
         self, x: Tensor, n: int, generator: torch.Generator | None = None
     ) -> Tensor:
         r"""$\theta = \mu(x) + L z$, $L L^\top = \Sigma$,
-        $z \sim \mathcal N(0, I)$: ``(m, x_dim) -> (m, n, theta_dim)``."""
+        $z \sim \mathcal N(0, I)$: ``(m, x_dim) -> (n, m, theta_dim)``."""
         _check_count("n", n)
         mean, _ = self.posterior(x.double())
+        # drawn observation by observation, so that rows give the same draws in any batches
         z = torch.randn(len(mean), n, self.theta_dim, generator=generator, dtype=torch.float64)
-        return (mean.unsqueeze(1) + z @ self.posterior_scale.T).to(_output_dtype(x))
+        return (mean + z.transpose(0, 1) @ self.posterior_scale.T).to(_output_dtype(x))
 
     def __repr__(self) -> str:
         return (
@@ -503,7 +502,7 @@ class TwoMoons(Simulator):
         resolution: int | None = None,
     ) -> Tensor:
         r"""``n`` draws per row of ``x_obs`` ``(m, 2)`` from the grid posterior: a cell
-        $c \sim w$, then a uniform point in it. Returns ``(m, n, 2)``. For plots; see
+        $c \sim w$, then a uniform point in it. Returns ``(n, m, 2)``. For plots; see
         `sample_posterior()` for exact draws."""
         _check_count("n", n)
         resolution = (
@@ -518,7 +517,7 @@ class TwoMoons(Simulator):
             cells = torch.multinomial(weights, n, replacement=True, generator=generator)
             jitter = h * (torch.rand(n, 2, generator=generator, dtype=torch.float64) - 0.5)
             out.append(centres[cells] + jitter)
-        return torch.stack(out).to(_output_dtype(x_obs))
+        return torch.stack(out, 1).to(_output_dtype(x_obs))
 
     # --- exact posterior samples ----------------------------------------------------------
 
@@ -529,7 +528,7 @@ class TwoMoons(Simulator):
         generator: torch.Generator | None = None,
         max_rounds: int = 200,
     ) -> Tensor:
-        r"""``n`` exact posterior draws per row of ``x`` ``(m, 2)``, by rejection: ``(m, n, 2)``.
+        r"""``n`` exact posterior draws per row of ``x`` ``(m, 2)``, by rejection: ``(n, m, 2)``.
 
         Draw the simulator's noise $u = r(\cos a, \sin a)$ and a sign $\pm$, and
         solve $x = u + (0.25, 0) + \mathrm{offset}(\theta)$ for $\theta$:
@@ -566,7 +565,7 @@ class TwoMoons(Simulator):
                     f"for x = {rows[worst].tolist()} in {max_rounds} rounds; the observation is "
                     "very unlikely under the prior: use sample_posterior_grid"
                 )
-        return out.to(_output_dtype(x))
+        return out.transpose(0, 1).to(_output_dtype(x))  # (n, m, 2), sample-major
 
     def _propose(
         self, rows: Tensor, k: int, generator: torch.Generator | None

@@ -165,7 +165,7 @@ def plot_posteriors(
     """Samples of an approximate posterior over two parameters against the true posterior,
     one panel per observation.
 
-    ``samples`` ``(m, N, 2)`` are draws of $q(\\theta \\mid x_i)$ for ``m``
+    ``samples`` ``(N, m, 2)`` are draws of $q(\\theta \\mid x_i)$ for ``m``
     observations (``flow.sample(N, context=x)``; at most ``n`` are shown). The true posterior
     is drawn as its regions of highest density holding 39%, 86% and 99% of its mass (what the
     1, 2 and 3-sigma ellipses of a 2-D Gaussian hold), given either
@@ -181,8 +181,9 @@ def plot_posteriors(
     has its own square limits, covering both the samples and the true posterior.
     """
     draws = _numpy(samples)
-    if draws.ndim != 3 or draws.shape[2] != 2 or draws.shape[0] == 0:
-        raise ValueError(f"samples must have shape (m, N, 2), got {draws.shape}")
+    if draws.ndim != 3 or draws.shape[2] != 2 or draws.shape[1] == 0:
+        raise ValueError(f"samples must have shape (N, m, 2), got {draws.shape}")
+    draws = draws.transpose(1, 0, 2)  # (m, N, 2): a panel per observation
     m = draws.shape[0]
     if grid is not None and gaussian is not None:
         raise ValueError("give the true posterior as grid or gaussian, not both")

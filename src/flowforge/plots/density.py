@@ -226,7 +226,7 @@ def plot_conditional_samples(
         chosen = context[picks].to(flow.device, flow.dtype)
         samples = flow.sample(n, context=chosen, temperature=temperature)
     flow.train(was_training)
-    samples = samples.reshape(count, n, -1).double().cpu()
+    samples = samples.reshape(n, count, -1).transpose(0, 1).double().cpu()  # per context
     figure = _figure(3.2 * count, 3.6)
     panels = figure.subplots(1, count, squeeze=False)[0]
     for axes, pick, drawn in zip(panels, picks.tolist(), samples, strict=True):

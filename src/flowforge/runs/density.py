@@ -257,7 +257,7 @@ def sample_run(
 
     A conditional run needs a ``context``: one context ``(k,)`` gives ``n`` samples
     ``(n, D)`` of ``q(x | c)``; ``m`` contexts ``(m, k)`` give ``n`` samples for each,
-    ``(m, n, D)``. An unconditional run takes none. ``n`` must be positive (and
+    ``(n, m, D)``. An unconditional run takes none. ``n`` must be positive (and
     ``temperature`` finite and >= 0, as `flowforge.Flow.sample()` checks); samples above
     `flowforge.runtime.limits.max_elements()` numbers are refused before they are drawn."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -291,7 +291,7 @@ def sample_run(
     count = f"{n:,} samples of shape {shape} for each of {len(values):,} contexts"
     limits.check_elements(len(values) * n * size, count)
     samples = flow.sample(n, context=values, temperature=temperature)
-    return (samples[0] if single else samples).cpu().numpy()
+    return (samples[:, 0] if single else samples).cpu().numpy()
 
 
 def parse_context(text: str) -> np.ndarray:
