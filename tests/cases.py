@@ -102,6 +102,16 @@ CASES = [
     ),
     Case("diagonal-scaling", T.DiagonalScaling),
     Case("actnorm", T.ActNorm),
+    Case("standardize", lambda d: T.Standardize(torch.randn(d), torch.rand(d) + 0.2)),
+    Case(
+        "standardize-structured",
+        lambda d: T.Standardize.from_data(3 * torch.randn(50, d) + 1, structured=True),
+    ),
+    Case(
+        "standardize-image",
+        lambda d: T.Standardize(torch.randn(d, 2, 3), torch.rand(d, 1, 1) + 0.2),
+        event_shape=lambda d: (d, 2, 3),
+    ),
     Case(
         "actnorm-image",
         lambda d: T.ActNorm(d, event_dims=3),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -12,6 +13,10 @@ from torch.distributions import Distribution, constraints
 
 from flowforge.flows.distributions import BaseDistribution
 from flowforge.transforms import Transform
+from flowforge.transforms.base import static_sizes
+
+if TYPE_CHECKING:
+    from flowforge.interop.pyro import PyroFlow
 
 SAMPLE_SHAPE = "an int >= 0 or a sequence of them, such as 100 or (10, 10)"
 
@@ -209,6 +214,24 @@ class Flow(nn.Module, Distribution):
             )
         return ConditionedFlow(self, None, batch_shape)
 
+    def as_pyro(self, context: Tensor | None = None) -> PyroFlow:
+        """The flow as a Pyro distribution, $q(\\cdot)$ or $q(\\cdot \\mid c)$
+        (`flowforge.interop.pyro.PyroFlow`; needs ``pip install 'flowforge[pyro]'``):
+        ``pyro.sample("z", flow.as_pyro())`` draws from it, plates and vectorised particles
+        expand it, and the ELBO scores its own draws with the log-density of the same pass.
+
+        Examples:
+            >>> import pyro, torch, flowforge as ff
+            >>> flow = ff.models.realnvp(dim=2, context_dim=3)
+            >>> with pyro.plate("data", 5):
+            ...     z = pyro.sample("z", flow.as_pyro(torch.randn(5, 3)))
+            >>> z.shape
+            torch.Size([5, 2])
+        """
+        from flowforge.interop.pyro import PyroFlow
+
+        return PyroFlow(self, self._check_context(context))
+
     @property
     def mean(self) -> Tensor:
         raise NotImplementedError(
@@ -390,8 +413,9 @@ class ConditionedFlow(Distribution):
         self, flow: Flow, context: Tensor | None = None, batch_shape: Sequence[int] = ()
     ) -> None:
         rows = () if context is None else context.shape[:-1]
+        batch_shape = static_sizes(batch_shape)
         try:
-            shape = torch.broadcast_shapes(rows, tuple(batch_shape))
+            shape = static_sizes(torch.broadcast_shapes(rows, batch_shape))
         except RuntimeError:
             raise ValueError(
                 f"cannot expand contexts of batch shape {tuple(rows)} to {tuple(batch_shape)}"

@@ -10,7 +10,7 @@ from flowforge.transforms.coupling import (
     Coupling,
     MaskedAffineCoupling,
 )
-from flowforge.transforms.elementwise import ActNorm, DiagonalScaling
+from flowforge.transforms.elementwise import ActNorm, DiagonalScaling, Standardize
 from flowforge.transforms.image_coupling import (
     ChannelAffineCoupling,
     CheckerboardAffineCoupling,
@@ -50,6 +50,7 @@ __all__ = [
     "SplineAutoregressive",
     "SplineCoupling",
     "Squeeze",
+    "Standardize",
     "Transform",
     "checkerboard",
     "half_mask",

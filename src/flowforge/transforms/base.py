@@ -13,13 +13,26 @@ dtype and shape only), so that bad input gives one line rather than an error dee
 from __future__ import annotations
 
 import functools
+import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
 Method = Callable[..., tuple[Tensor, Tensor]]
+
+
+def static_sizes(shape: Sequence[int | Tensor]) -> tuple[int, ...]:
+    """A shape as Python ints. Under ``torch.jit.trace`` (Pyro's ``JitTrace_ELBO``) sizes are
+    0-d tensors, Pyro's plate sizes among them; a flow's trace is specialised to its shapes
+    (Pyro's JIT asks for static shapes), so the conversion's TracerWarning says nothing and
+    is silenced."""
+    if not torch.jit.is_tracing():
+        return tuple(int(size) for size in shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        return tuple(int(size) for size in shape)
 
 
 def check_input(transform: Transform, direction: str, x: object, context: object) -> None:
@@ -38,7 +51,7 @@ def check_input(transform: Transform, direction: str, x: object, context: object
             f"convert with x.float()"
         )
     event = transform.event_shape
-    if x.dim() < 1 or (event is not None and x.shape[1:] != event):
+    if x.dim() < 1 or (event is not None and static_sizes(x.shape[1:]) != tuple(event)):
         expected = ", ".join(["batch", *(["*event_shape"] if event is None else map(str, event))])
         raise ValueError(
             f"{_where(transform, direction)} input of shape ({expected}), got {tuple(x.shape)}"

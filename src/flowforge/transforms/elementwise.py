@@ -88,3 +88,58 @@ class ActNorm(Transform):
 
     def extra_repr(self) -> str:
         return f"features={self.loc.shape[0]}, initialized={bool(self.initialized)}"
+
+
+class Standardize(Transform):
+    r"""A fixed affine map that standardises data: $z = (x - \mu) / \sigma$,
+    $\log|\det J| = -\sum_i \log \sigma_i$.
+
+    ``shift`` $\mu$ and ``scale`` $\sigma$ are buffers, not parameters: they are saved in the
+    state dict and moved with the module, but training leaves them alone (sbi's z-scoring of
+    theta, `flowforge.interop.sbi`). Shapes ``(batch, *event_shape)``, with ``shift`` and
+    ``scale`` of the event shape (or broadcastable to it).
+
+    Examples:
+        >>> import torch
+        >>> from flowforge.transforms import Standardize
+        >>> x = torch.randn(1000, 3) * torch.tensor([1.0, 10.0, 0.1]) + 5
+        >>> z, logdet = Standardize.from_data(x)(x)
+        >>> z.mean(0).abs().max() < 1e-4, z.std(0)
+        (tensor(True), tensor([1.0000, 1.0000, 1.0000]))
+    """
+
+    def __init__(self, shift: Tensor, scale: Tensor) -> None:
+        super().__init__()
+        shift, scale = torch.as_tensor(shift), torch.as_tensor(scale)
+        if not (scale > 0).all():
+            raise ValueError("Standardize needs scales > 0")
+        shift, scale = torch.broadcast_tensors(shift, scale)
+        self.register_buffer("shift", shift.clone())
+        self.register_buffer("scale", scale.clone())
+
+    @classmethod
+    def from_data(
+        cls, x: Tensor, structured: bool = False, min_scale: float = 1e-14
+    ) -> Standardize:
+        """The standardisation of a batch ``x`` ``(n, *event_shape)``: per feature
+        (``structured=False``) or one mean and one standard deviation for all of them
+        (``structured=True``, for time series or images). A standard deviation below
+        ``min_scale`` (a constant feature) is taken as 1."""
+        if x.dim() < 2 or x.shape[0] < 2:
+            raise ValueError(
+                f"Standardize.from_data needs a batch (n >= 2, ...), got {tuple(x.shape)}"
+            )
+        dims = tuple(range(x.dim())) if structured else 0
+        shift = x.mean(dims).expand(x.shape[1:])
+        scale = x.std(dims).expand(x.shape[1:])
+        scale = torch.where(scale >= min_scale, scale, torch.ones_like(scale))
+        return cls(shift.detach(), scale.detach())
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return (x - self.shift) / self.scale, (-self.scale.log().sum()).expand(x.shape[0])
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return z * self.scale + self.shift, self.scale.log().sum().expand(z.shape[0])
+
+    def extra_repr(self) -> str:
+        return f"features={tuple(self.shift.shape)}"
