@@ -164,6 +164,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sbc", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="1 seed, 1,000 simulations")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the rows of the other tasks already in --out (runs of one task at a time)",
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("sbi_npe.json"))
     args = parser.parse_args(argv)
     if args.quick:
@@ -171,12 +176,17 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")  # sbi's advice on defaults, once per estimator
     rows = run(args)
+    command = " ".join(["python -m benchmarks.sbi_npe", *(sys.argv[1:] if argv is None else argv)])
+    commands = [command]
+    if args.merge and args.out.exists():
+        earlier = json.loads(args.out.read_text())
+        rows = [r for r in earlier["rows"] if r["task"] not in args.tasks] + rows
+        commands = [c for c in earlier["commands"] if not any(t in c for t in args.tasks)]
+        commands.append(command)
     print(f"\n{platform.processor() or platform.machine()}, {args.threads} threads\n")
     print(table(rows))
     record = {
-        "command": " ".join(
-            ["python -m benchmarks.sbi_npe", *(sys.argv[1:] if argv is None else argv)]
-        ),
+        "commands": commands,
         "torch": torch.__version__,
         "sbi": __import__("sbi").__version__,
         "rows": rows,

@@ -188,7 +188,7 @@ def _run_parser(commands, name: str, help: str, description: str, defaults: str)
     options.add_argument("--batch-size", type=_positive)
     options.add_argument("--lr", type=_number(strict=True))
     options.add_argument("--clip", type=_number(strict=True), help="gradient-norm clipping")
-    options.add_argument("--device", help="cpu, cuda, cuda:1, ...")
+    options.add_argument("--device", help="auto, cpu, cuda, cuda:1, ... (default: cpu)")
     options.add_argument("--dtype", choices=["float32", "float64"])
     options.add_argument("--no-progress", dest="progress", action="store_const", const=False)
     options.add_argument("--no-plots", dest="plots", action="store_const", const=False)
@@ -205,6 +205,13 @@ def _add_fit(commands) -> None:
         defaults="DEFAULTS",
     )
     fit.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
+    fit.add_argument(
+        "--nproc",
+        type=_positive,
+        metavar="N",
+        help="train on N local processes (torch.distributed, started by torch's elastic "
+        "launcher; for several machines start flowforge fit under torchrun instead)",
+    )
     options.add_argument(
         "--data",
         help="dataset name (flowforge list), or a .npz (arrays x and optional context), .npy "
@@ -217,7 +224,9 @@ def _add_fit(commands) -> None:
         "e.g. 0,1): fits a conditional flow q(x|c) to the other columns",
     )
     options.add_argument(
+        "--n-samples",
         "--n",
+        dest="n",
         type=_positive,
         help="toy samples in all splits; MNIST/CIFAR-10 training limit; rows of a data file",
     )
@@ -366,7 +375,14 @@ def _train(args: argparse.Namespace) -> None:
         keys = [k for k in config_keys() if hasattr(args, k)]
         config = runs.make_config(args.config, {k: getattr(args, k) for k in keys})
         _check_training(config, args.out)
+        if (args.nproc or 1) > 1 and "RANK" not in os.environ:  # start the workers
+            from flowforge.training import distributed as launcher
+
+            launcher.launch_local(args.nproc, sys.argv[1:])
+            return
         _, history = runs.fit_run(config, args.out, resume=args.resume)
+        if int(os.environ.get("RANK", "0")) != 0:
+            return
         last = history.epochs[-1] if history.epochs else {}
         print(
             f"{history.stopped} after {len(history)} epochs; best validation NLL "

@@ -30,7 +30,7 @@ Examples:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -191,7 +191,7 @@ def posterior_nn(
     num_transforms: int = 5,
     num_bins: int = 10,
     embedding_net: nn.Module | None = None,
-    **options,
+    **options: Any,
 ) -> Callable[[Tensor, Tensor], FlowEstimator]:
     r"""A builder of $q(\theta \mid x)$ for sbi's NPE: ``NPE(density_estimator=posterior_nn(
     "nsf"))``, in the convention of sbi's ``posterior_nn``.
@@ -223,7 +223,7 @@ def likelihood_nn(
     num_transforms: int = 5,
     num_bins: int = 10,
     embedding_net: nn.Module | None = None,
-    **options,
+    **options: Any,
 ) -> Callable[[Tensor, Tensor], FlowEstimator]:
     r"""A builder of $q(x \mid \theta)$ for sbi's NLE: ``NLE(density_estimator=likelihood_nn(
     "maf"))``, in the convention of sbi's ``likelihood_nn``: the flow models x, the

@@ -30,6 +30,7 @@ from flowforge.runs.directory import (
 )
 from flowforge.runs.setup import context_dim_of, load_data
 from flowforge.runtime import interrupts, limits
+from flowforge.training.distributed import launched_rank
 from flowforge.training.loop import DivergenceError, History, fit, write_metrics
 from flowforge.training.results import nll_values, report_of
 
@@ -102,10 +103,14 @@ def fit_run(
             seed=config["seed"],
         )
     except DivergenceError as error:
+        if launched_rank() != 0:
+            raise
         with interrupts.deferred():
             io.save(flow, out)  # the best or last good weights, never non-finite ones
             write_metrics(error.history, out / METRICS_FILE)
         raise
+    if launched_rank() != 0:  # every rank trained the same model: rank 0 writes it
+        return flow, history
     with interrupts.deferred():
         io.save(flow, out)
         write_metrics(history, out / METRICS_FILE)

@@ -32,6 +32,7 @@ from flowforge.runs.config import (
 from flowforge.runs.setup import build_model, data_kind
 from flowforge.runtime import atomic, devices
 from flowforge.runtime.files import RunFileError, check_regular_file, read_text
+from flowforge.training.distributed import launched_rank
 from flowforge.training.results import write_records
 
 CONFIG_FILE = "config.yaml"
@@ -46,9 +47,12 @@ def _start_run(
     context_dim: int = 0,
 ) -> Flow:
     """Build the configured model (seeded) and open the run directory with its config,
-    removing temporary files that a killed run left there."""
+    removing temporary files that a killed run left there (on rank 0 alone in a
+    distributed run)."""
     torch.manual_seed(config["seed"])
     flow = build_model(config, shape, context_dim)
+    if launched_rank() != 0:  # a distributed run's directory is rank 0's
+        return flow
     out.mkdir(parents=True, exist_ok=True)
     atomic.remove_orphans(out)
     if not keep_metrics:

@@ -23,6 +23,7 @@ from flowforge.datasets.base import Split
 from flowforge.flows.flow import Flow
 from flowforge.runtime import devices, interrupts
 from flowforge.training import checkpoint
+from flowforge.training import distributed as parallel
 from flowforge.training.checkpoint import CHECKPOINT, fingerprint
 from flowforge.training.divergence import (
     DivergenceError,
@@ -67,6 +68,7 @@ def fit(
     dtype: torch.dtype | None = None,
     seed: int | None = 0,
     callback: Callable[[dict[str, Any]], None] | None = None,
+    distributed: bool | None = None,
 ) -> History:
     r"""Fit ``flow`` to ``train`` by maximum likelihood with Adam (AdamW with ``weight_decay``).
 
@@ -113,7 +115,15 @@ def fit(
         dtype: the precision to train in (default: the flow's).
         seed: seeds initialisation-independent randomness (shuffling, dequantisation, sampling
             in the model); ``None`` leaves the global generators alone.
-        callback: called with each epoch's record.
+        callback: called with each epoch's record (on every rank of a distributed run).
+        distributed: train one model on all the processes of a ``torch.distributed`` group
+            (`flowforge.training.distributed`): None (the default) joins the group that
+            ``torchrun`` or ``flowforge fit --nproc`` set up in the environment, if any; True
+            requires one; False trains on this process alone. The flow is wrapped in
+            DistributedDataParallel, each step's global batch of ``batch_size`` is split
+            between the ranks, the validation sums are all-reduced, and only rank 0 writes
+            checkpoints, metrics, TensorBoard logs and the progress bar; the result equals
+            the one-process run's up to the order of floating-point sums.
 
     Returns:
         The `History`. A validation NLL that is not finite is recorded as ``None`` and
@@ -127,7 +137,11 @@ def fit(
     train, val = as_split(train), (as_split(val) if val is not None else None)
     _check_arguments(epochs, batch_size, lr, schedule, clip, patience)
     _check_safety(checkpoint_every, divergence_threshold, rollbacks)
-    flow.to(device=devices.resolve(device, default=str(flow.device)), dtype=dtype or flow.dtype)
+    target = devices.resolve(device, default=str(flow.device))
+    workers = parallel.setup(distributed, target)
+    if workers is not None:
+        target = parallel.device_for(target)
+    flow.to(device=target, dtype=dtype or flow.dtype)
     _check_data(flow, train, "train")
     if val is not None:
         _check_data(flow, val, "val")
@@ -152,6 +166,7 @@ def fit(
         divergence_threshold=divergence_threshold,
         rollbacks=rollbacks,
         callback=callback,
+        workers=workers,
     )
     if resume and trainer.checkpoint is not None and (trainer.checkpoint / CHECKPOINT).exists():
         trainer.resume()
@@ -179,6 +194,8 @@ class _Trainer:
         self.flow, self.train, self.val = flow, train, val
         for name, value in options.items():  # epochs, batch_size, lr, ... as fit's arguments
             setattr(self, name, value)
+        self.main = self.workers is None or self.workers.is_main  # writes files and logs
+        self.model = flow if self.workers is None else parallel.wrap(flow)
         self.generator = torch.Generator().manual_seed(0 if self.seed is None else self.seed)
         self.optimizer = adam(flow.parameters(), self.lr, self.weight_decay)
         self.steps_per_epoch = math.ceil(len(train) / self.batch_size)
@@ -234,6 +251,8 @@ class _Trainer:
             return
         if not finite_parameters(self.flow):  # never save non-finite weights
             self._bad_step(math.nan, "the weights became non-finite")
+        if not self.main:  # every rank holds the same state: rank 0 writes it
+            return
         position, tensors = None, {}
         if self.order is not None:  # inside an epoch
             position = {
@@ -348,11 +367,10 @@ class _Trainer:
                     "lr": lr,
                 }
             )
-            tqdm.write(
+            self._say(
                 f"flowforge fit: {what} at {where}; rolled back to global step "
                 f"{self.rollback.step} with the learning rate halved to {lr:.3g} "
-                f"(rollback {self.rollbacks_used} of {self.rollbacks})",
-                file=sys.stderr,
+                f"(rollback {self.rollbacks_used} of {self.rollbacks})"
             )
             return
         kept = "the best epoch's weights" if self.keep_best and self.best_state else None
@@ -374,10 +392,11 @@ class _Trainer:
 
     def run(self, progress: bool, tensorboard: str | Path | None) -> History:
         flow = self.flow
-        writer = _tensorboard(tensorboard)
+        writer = _tensorboard(tensorboard) if self.main else None
         validate_args, flow.validate_args = flow.validate_args, False  # data checked up front
         # A bar on a terminal; one line per epoch elsewhere (a log file, CI, nohup), where a
         # bar's carriage returns would make one line of tens of thousands of characters.
+        progress = progress and self.main
         self.epoch_lines = progress and not is_terminal(sys.stderr)
         bar = tqdm(
             total=self.total_steps,
@@ -436,14 +455,18 @@ class _Trainer:
             return self._end_epoch(bar, writer, time.perf_counter() - started)
 
     def _train_step(self) -> None:
-        train = self.train
+        train, flow = self.train, self.flow
         index = self.order[self.step * self.batch_size : (self.step + 1) * self.batch_size]
-        x = train.dequantize(train.x[index], self.generator).to(self.flow.device, self.flow.dtype)
+        # the whole global batch is dequantised on every rank, from the same generator
+        x = train.dequantize(train.x[index], self.generator).to(flow.device, flow.dtype)
         context = None
         if train.context is not None:
-            context = train.context[index].to(self.flow.device, self.flow.dtype)
-        loss = -self.flow.log_prob(x, context).mean()
-        value = loss.item()
+            context = train.context[index].to(flow.device, flow.dtype)
+        if self.workers is None:
+            loss = -self.model(x, context).mean()
+            value = loss.item()
+        else:
+            loss, value = self._shard_loss(x, context)
         if self.monitor.check(value):
             if self.global_step % SNAPSHOT_EVERY == 0:
                 self.rollback.keep(self.global_step)  # the weights whose loss was just good
@@ -455,6 +478,22 @@ class _Trainer:
         if self.schedule == "cosine":
             self.scheduler.step()
         self.step += 1
+
+    def _shard_loss(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, float]:
+        """This rank's loss, scaled so that DDP's gradient average is the global batch's,
+        and the global batch's mean NLL (`flowforge.training.distributed`)."""
+        parallel.initialize(self.flow, x, context)  # data-dependent layers, alike everywhere
+        part = self.workers.shard(len(x))
+        nll = -self.model(x[part], None if context is None else context[part]).sum()
+        if part.stop == part.start:  # nothing here: a zero that still reaches every parameter
+            nll = nll + sum(p.sum() for p in self.flow.parameters()) * 0.0
+        (total,) = self.workers.all_sum(nll.item())
+        return nll * (self.workers.world_size / len(x)), total / len(x)
+
+    def _say(self, message: str) -> None:
+        """A line on stderr, from rank 0 only."""
+        if self.main:
+            tqdm.write(message, file=sys.stderr)
 
     def _end_epoch(self, bar, writer, seconds: float) -> bool:
         flow, val, train = self.flow, self.val, self.train
@@ -471,7 +510,7 @@ class _Trainer:
             record["train_bpd"] = train.bits_per_dim(record["train_nll"])
         improved = False
         if val is not None:
-            report = evaluate(flow, val, seed=1)
+            report = evaluate(flow, val, seed=1, workers=self.workers)
             if math.isfinite(report.nll):
                 record["val_nll"] = report.nll
                 if report.bits_per_dim is not None:
@@ -508,7 +547,7 @@ class _Trainer:
         return False
 
     def _write_metrics(self) -> None:
-        if self.metrics is not None:
+        if self.metrics is not None and self.main:
             write_metrics(self.history, self.metrics)
 
 

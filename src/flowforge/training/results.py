@@ -15,6 +15,7 @@ from torch import Tensor
 from flowforge.datasets.base import Split
 from flowforge.flows.flow import Flow
 from flowforge.runtime import atomic
+from flowforge.training.distributed import Workers
 
 
 @dataclass
@@ -80,12 +81,17 @@ def _check_data(flow: Flow, split: Split, name: str) -> None:
 
 @torch.no_grad()
 def nll_values(
-    model: Flow | Any, data: Split | Tensor, batch_size: int = 4096, seed: int = 0
+    model: Flow | Any,
+    data: Split | Tensor,
+    batch_size: int = 4096,
+    seed: int = 0,
+    part: tuple[int, int] = (0, 1),
 ) -> Tensor:
     """``-log q(x_i)`` for every sample of ``data`` (float64, ``(N,)``), in batches.
 
     ``model`` is anything with ``log_prob``; discrete data are dequantised with noise drawn
-    from ``seed``, so the values are reproducible.
+    from ``seed``, so the values are reproducible. ``part=(r, n)`` scores only the batches
+    ``r, r + n, ...`` (rank r of n), drawing every batch's noise all the same.
     """
     split = as_split(data)
     dtype = getattr(model, "dtype", torch.float32)
@@ -95,8 +101,10 @@ def nll_values(
         model.eval()
     generator = torch.Generator().manual_seed(seed)
     nll = []
-    for start in range(0, len(split), batch_size):
+    for number, start in enumerate(range(0, len(split), batch_size)):
         x = split.dequantize(split.x[start : start + batch_size], generator)
+        if number % part[1] != part[0]:
+            continue
         context = None if split.context is None else split.context[start : start + batch_size]
         x = x.to(device, dtype)
         if context is not None:
@@ -105,16 +113,31 @@ def nll_values(
         nll.append(-log_p.double().cpu())
     if was_training:
         model.train()
-    return torch.cat(nll)
+    return torch.cat(nll) if nll else torch.zeros(0, dtype=torch.float64)
 
 
 def evaluate(
-    model: Flow | Any, data: Split | Tensor, batch_size: int = 4096, seed: int = 0
+    model: Flow | Any,
+    data: Split | Tensor,
+    batch_size: int = 4096,
+    seed: int = 0,
+    workers: Workers | None = None,
 ) -> Report:
     """Mean NLL of ``model`` on ``data`` in nats, with its standard error; bits/dim for
-    discrete data (dequantised with noise from ``seed``)."""
+    discrete data (dequantised with noise from ``seed``). With the ``workers`` of a
+    distributed run, each rank scores every N-th batch (the same noise as one process draws)
+    and the sums are all-reduced: every rank gets the whole split's report."""
     split = as_split(data)
-    return report_of(nll_values(model, split, batch_size, seed), split)
+    if workers is None:
+        return report_of(nll_values(model, split, batch_size, seed), split)
+    values = nll_values(model, split, batch_size, seed, part=(workers.rank, workers.world_size))
+    n, total, squares = workers.all_sum(len(values), values.sum().item(), (values**2).sum().item())
+    mean = total / n
+    variance = max(squares - n * mean**2, 0.0) / (n - 1) if n > 1 else math.nan
+    bpd = split.bits_per_dim(mean) if split.discrete else None
+    return Report(
+        nll=mean, nll_se=math.sqrt(variance / n), n=int(n), dim=split.dim, bits_per_dim=bpd
+    )
 
 
 def report_of(values: Tensor, split: Split) -> Report:

@@ -1,0 +1,234 @@
+"""Data-parallel `ff.fit` on torch.distributed (gloo, 2 processes on the CPU): the same
+parameters and validation NLL as one process with the same global batch, rank 0 alone
+writes, checkpoints resume with any number of processes, and a dead worker ends the run."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import flowforge as ff
+from flowforge.datasets.base import Split
+
+pytestmark = pytest.mark.skipif(
+    not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed"
+)
+
+# float64: the runs differ only in the order of floating-point sums, gradients by a few
+# units of 1e-16 relative. Adam's step lr * g / (|g| + eps) amplifies a gradient error dg by
+# up to lr / (4 eps) where |g| is near eps = 1e-8: with lr = 1e-4, 2.5e3 * 1e-15 = 2.5e-12 per
+# step at most, a few times 1e-11 over the 8 steps below (measured: 6e-12 for the Glow)
+TOLERANCE = 1e-10
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def problem(model: str) -> tuple[ff.Flow, Split, Split]:
+    """A float64 model and data whose sizes leave uneven last batches and shards."""
+    torch.manual_seed(0)
+    if model == "glow":
+        flow = ff.models.glow((1, 4, 4), levels=1, steps=2, channels=8)
+        x = torch.rand(70, 1, 4, 4)
+    else:
+        build = {"realnvp": ff.models.realnvp, "maf": ff.models.maf}[model]
+        flow = build(dim=3, layers=2, hidden=(16,))
+        x = torch.randn(70, 3) @ torch.tensor([[1.0, 0.5, 0.0], [0.0, 1.0, 0.3], [0.0, 0.0, 0.7]])
+    flow = flow.double()
+    x = x.double()
+    return flow, Split(x[:55]), Split(x[55:])
+
+
+OPTIONS = dict(epochs=2, batch_size=15, lr=1e-4, progress=False, seed=3)
+
+
+def _worker(rank: int, world: int, port: int, jobs: list, out: str) -> None:
+    """Train each ``(name, model, options)`` of ``jobs`` in turn, in one process group."""
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )
+    torch.set_num_threads(1)
+    if rank != 0:  # only rank 0 writes: any file written by another rank fails its run
+        import flowforge.training.loop as loop
+
+        def refuse(*args, **kwargs):
+            raise AssertionError(f"rank {rank} wrote a file")
+
+        loop.checkpoint.save = loop.write_metrics = loop._tensorboard = refuse
+    for name, model, options in jobs:
+        flow, train, val = problem(model)
+        history = ff.fit(flow, train, val, distributed=True, **options)
+        torch.save(
+            {"state": flow.state_dict(), "val_nll": [e["val_nll"] for e in history.epochs]},
+            Path(out) / f"{name}-rank{rank}.pt",
+        )
+    dist.destroy_process_group()
+
+
+def run_workers(world: int, jobs: list[tuple[str, str, dict]], out: Path) -> dict[str, list]:
+    """Spawn ``world`` gloo workers once for all ``jobs``; each job's per-rank results."""
+    jobs = [(name, model, {**OPTIONS, **options}) for name, model, options in jobs]
+    mp.start_processes(
+        _worker, args=(world, free_port(), jobs, str(out)), nprocs=world, start_method="spawn"
+    )
+    return {
+        name: [torch.load(out / f"{name}-rank{r}.pt", weights_only=True) for r in range(world)]
+        for name, _, _ in jobs
+    }
+
+
+MODELS = ["realnvp", "maf", "glow"]
+
+
+@pytest.fixture(scope="module")
+def two_process_runs(tmp_path_factory) -> dict[str, list]:
+    """The three models trained by 2 processes, in one spawn (starting workers is the cost)."""
+    return run_workers(2, [(m, m, {}) for m in MODELS], tmp_path_factory.mktemp("runs"))
+
+
+def assert_same_parameters(a: dict, b: dict, tolerance: float = TOLERANCE) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=tolerance, msg=name)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_two_processes_follow_one_process_with_the_same_global_batch(model, two_process_runs):
+    results = two_process_runs[model]
+    flow, train, val = problem(model)
+    history = ff.fit(flow, train, val, distributed=False, **OPTIONS)
+    assert_same_parameters(results[0]["state"], results[1]["state"], tolerance=0)  # in step
+    assert_same_parameters(results[0]["state"], flow.state_dict())
+    one = [e["val_nll"] for e in history.epochs]
+    torch.testing.assert_close(
+        torch.tensor(results[0]["val_nll"]), torch.tensor(one), rtol=0, atol=TOLERANCE
+    )
+
+
+def test_only_rank_zero_writes_and_a_checkpoint_resumes_with_one_or_two(tmp_path):
+    # a constant rate, so that 2 + 2 epochs are 4 (a cosine schedule is re-planned on resume)
+    constant = dict(schedule=None)
+    checkpoint, metrics = tmp_path / "checkpoint", tmp_path / "metrics.jsonl"
+    first = dict(checkpoint=str(checkpoint), metrics=str(metrics), **constant)
+    run_workers(2, [("first", "realnvp", first)], tmp_path)
+    assert metrics.exists() and (checkpoint / ff.training.checkpoint.CHECKPOINT).exists()
+    assert len(metrics.read_text().splitlines()) == 2  # (rank 1 fails if it writes)
+    # two more epochs from the two-process checkpoint, on one process and on two, beside a
+    # one-process run of four epochs from the start
+    copies = {}
+    for world in (1, 2):
+        copies[world] = tmp_path / f"checkpoint{world}"
+        copies[world].mkdir()
+        for file in checkpoint.iterdir():
+            (copies[world] / file.name).write_bytes(file.read_bytes())
+    resumed = dict(resume=True, epochs=4, **constant)
+    flow, train, val = problem("realnvp")
+    ff.fit(flow, train, val, distributed=False, checkpoint=copies[1], **{**OPTIONS, **resumed})
+    two = run_workers(
+        2, [("resumed", "realnvp", {"checkpoint": str(copies[2]), **resumed})], tmp_path
+    )
+    reference, train, val = problem("realnvp")
+    ff.fit(reference, train, val, distributed=False, **{**OPTIONS, "epochs": 4, **constant})
+    assert_same_parameters(flow.state_dict(), reference.state_dict())
+    assert_same_parameters(two["resumed"][0]["state"], reference.state_dict())
+
+
+def test_distributed_true_without_a_group_says_how_to_start_one(monkeypatch):
+    for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    flow, train, _ = problem("realnvp")
+    with pytest.raises(RuntimeError, match="start the workers with torchrun"):
+        ff.fit(flow, train, distributed=True, epochs=1, progress=False)
+
+
+KILLED = """
+import os, sys, torch, flowforge as ff
+from flowforge.datasets.base import Split
+torch.manual_seed(0)
+flow = ff.models.realnvp(dim=2, layers=2, hidden=(8,))
+x = torch.randn(4000, 2)
+def die(record):  # rank 1 dies after epoch 2, when rank 0 has saved epoch 1's checkpoint
+    if os.environ["RANK"] == "1" and record["epoch"] == 2:
+        os._exit(3)
+ff.fit(flow, Split(x), epochs=50, batch_size=64, progress=False, callback=die,
+       checkpoint=sys.argv[1])
+"""
+
+
+def test_a_killed_worker_ends_the_run_with_a_message(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(KILLED)
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+        "--master-port", str(free_port()), str(script), str(tmp_path / "checkpoint"),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode != 0
+    assert "exitcode" in result.stderr and "3" in result.stderr, result.stderr[-2000:]
+    # rank 0's last checkpoint is whole and resumes (the same model and data as the script)
+    torch.manual_seed(0)
+    flow = ff.models.realnvp(dim=2, layers=2, hidden=(8,))
+    history = ff.fit(
+        flow, Split(torch.randn(4000, 2)), epochs=3, batch_size=64, progress=False,
+        checkpoint=tmp_path / "checkpoint", resume=True,
+    )  # fmt: skip
+    assert any(event["event"] == "resumed" for event in history.events)
+
+
+def _fit_option_strings() -> list[str]:
+    from flowforge.cli import build_parser
+
+    fit = build_parser()._subparsers._group_actions[0].choices["fit"]
+    return sorted({s for a in fit._actions for s in a.option_strings if s.startswith("--")})
+
+
+def test_every_fit_option_passes_through_torchrun():
+    from torch.distributed.run import get_args_parser
+
+    # --n (kept for flowforge's own parser) is ambiguous to torchrun: --n-samples is its name
+    # there; --nproc starts the workers itself and has no meaning under torchrun
+    options = [o for o in _fit_option_strings() if o not in ("--n", "--nproc", "--help")]
+    assert "--n-samples" in options
+    for option in options:
+        args = get_args_parser().parse_args(
+            ["--nproc-per-node", "2", "-m", "flowforge", "fit", option, "1"]
+        )
+        assert args.training_script_args == ["fit", option, "1"], option
+
+
+def _cli(*arguments: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+    command = [sys.executable, "-m", "flowforge", *arguments]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_fit_nproc_2_trains_the_one_process_model(tmp_path):
+    common = (
+        "fit", "--data", "two-moons", "--n-samples", "2000", "--epochs", "2", "--lr", "1e-4",
+        "--dtype", "float64", "--no-plots", "--no-progress",
+    )  # fmt: skip
+    two = _cli(*common, "--out", "two", "--nproc", "2", cwd=tmp_path)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = _cli(*common, "--out", "one", cwd=tmp_path)
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert_same_parameters(
+        ff.load(tmp_path / "two").state_dict(), ff.load(tmp_path / "one").state_dict()
+    )
+    metrics = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
+    assert len(metrics) == 2  # written once, by rank 0
