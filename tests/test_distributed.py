@@ -232,3 +232,14 @@ def test_fit_nproc_2_trains_the_one_process_model(tmp_path):
     )
     metrics = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
     assert len(metrics) == 2  # written once, by rank 0
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs"
+)
+def test_two_gpus_follow_one_gpu(tmp_path):
+    """nccl, each rank on its own GPU (cuda:LOCAL_RANK)."""
+    results = run_workers(2, [("gpu", "realnvp", {"device": "cuda"})], tmp_path)["gpu"]
+    flow, train, val = problem("realnvp")
+    ff.fit(flow, train, val, distributed=False, device="cuda", **OPTIONS)
+    assert_same_parameters(results[0]["state"], flow.state_dict())

@@ -113,7 +113,7 @@ def setup(distributed: bool | None, device: torch.device) -> Workers | None:
                 "torchrun (or flowforge fit --nproc N), or initialise a process group first"
             )
         if device.type == "cuda":
-            torch.cuda.set_device(device)
+            torch.cuda.set_device(device_for(device))  # this rank's own GPU
         dist.init_process_group(backend_for(device), timeout=datetime.timedelta(seconds=TIMEOUT_S))
     world = dist.get_world_size()
     if world == 1 and not distributed:
