@@ -110,6 +110,7 @@ def test_sbc_ranks_are_uniform(trained):
     assert checks["ks_pvals"].min() > 1e-3, checks
 
 
+@pytest.mark.slow  # .ci/run runs it
 def test_sbc_fails_a_miscalibrated_posterior():
     npe = train_npe("maf", n=200, num_transforms=1, hidden_features=4)
     theta, x = simulations(200, seed=5)
@@ -124,6 +125,7 @@ def test_sbc_fails_a_miscalibrated_posterior():
     assert checks["ks_pvals"].min() < 1e-3, checks
 
 
+@pytest.mark.slow  # .ci/run runs it
 def test_two_rounds_of_snpe_c():
     torch.manual_seed(1)
     npe = NPE(PRIOR, density_estimator=posterior_nn("maf", num_transforms=3, hidden_features=32))
@@ -142,6 +144,7 @@ def test_two_rounds_of_snpe_c():
     assert mean_error < 0.2 and cov_error < 0.2, (mean_error, cov_error)
 
 
+@pytest.mark.slow  # .ci/run runs it
 def test_nle_learns_the_likelihood():
     torch.manual_seed(2)
     nle = NLE(PRIOR, density_estimator=likelihood_nn("maf", num_transforms=3, hidden_features=32))
