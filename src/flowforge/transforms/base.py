@@ -51,7 +51,9 @@ def check_input(transform: Transform, direction: str, x: object, context: object
             f"convert with x.float()"
         )
     event = transform.event_shape
-    if x.dim() < 1 or (event is not None and static_sizes(x.shape[1:]) != tuple(event)):
+    # under jit.trace the sizes are traced tensors: compare them as ints, without warnings
+    shape = static_sizes(x.shape[1:]) if torch.jit.is_tracing() else x.shape[1:]
+    if x.dim() < 1 or (event is not None and shape != event):
         expected = ", ".join(["batch", *(["*event_shape"] if event is None else map(str, event))])
         raise ValueError(
             f"{_where(transform, direction)} input of shape ({expected}), got {tuple(x.shape)}"
