@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -48,8 +49,15 @@ def fit_tiny(tmp_path, *extra, model="realnvp"):
 
 def test_fit_eval_sample_plot_from_the_command_line(tmp_path, capsys):
     out = fit_tiny(tmp_path)
-    for name in ("config.yaml", "model.json", "model.safetensors", "checkpoint.safetensors"):
-        assert (out / name).stat().st_size > 0, name
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert (config["data"], config["model"], config["epochs"], config["layers"]) == (
+        "two-moons",
+        "realnvp",
+        2,
+        2,
+    )
+    state, _ = flowforge.training.checkpoint.read(out)  # a whole checkpoint of the last epoch
+    assert len(state["history"]["epochs"]) == 2
     metrics = (out / "metrics.jsonl").read_text().splitlines()
     assert len(metrics) == 2 and '"val_nll"' in metrics[0]
     for figure in ("loss", "density", "samples", "layers"):
@@ -59,7 +67,12 @@ def test_fit_eval_sample_plot_from_the_command_line(tmp_path, capsys):
     assert main(["eval", str(out)]) == 0
     table = capsys.readouterr().out
     assert "full-covariance Gaussian" in table and "true entropy H(p)" in table
-    assert (out / "eval.json").exists()
+    written = json.loads((out / "eval.json").read_text())  # the numbers of the table
+    data, _ = flowforge.runs.load_data(flowforge.runs.read_config(out))
+    expected = flowforge.evaluate(flowforge.load(out), data.test)
+    assert written["split"] == "test" and written["flow"]["n"] == len(data.test.x)
+    assert written["flow"]["nll"] == pytest.approx(expected.nll, rel=1e-6)
+    assert f"{written['flow']['nll']:.4f}" in table
 
     samples_path = tmp_path / "samples.npy"
     assert main(["sample", str(out), "-n", "300", "--out", str(samples_path)]) == 0
@@ -68,7 +81,8 @@ def test_fit_eval_sample_plot_from_the_command_line(tmp_path, capsys):
 
     (out / "plots" / "density.png").unlink()
     assert main(["plot", str(out)]) == 0
-    assert (out / "plots" / "density.png").exists()
+    assert (out / "plots" / "density.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "plots" / "density.png").stat().st_size > 10_000
 
     flow = flowforge.load(out)
     x = torch.from_numpy(samples)
@@ -165,8 +179,27 @@ def test_sigterm_stops_a_background_fit_cleanly_and_keeps_the_model(tmp_path):
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 143
     assert b"stopped by SIGTERM; interrupted by SIGTERM at epoch" in stderr
-    assert (out / "model.safetensors").exists()
-    flowforge.load(out).log_prob(torch.zeros(3, 2))
+    # the model saved is the best epoch's: its validation NLL is the best one recorded
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    best = min(r["val_nll"] for r in records if r["val_nll"] is not None)
+    data, _ = flowforge.runs.load_data(flowforge.runs.read_config(out))
+    saved = flowforge.evaluate(flowforge.load(out), data.val)
+    assert saved.nll == pytest.approx(best, rel=1e-5)
+
+
+def test_resume_where_there_is_nothing_to_resume_says_so_and_starts_afresh(tmp_path, capsys):
+    """A typo in --out must not pass for a resumed run."""
+    fit_tiny(tmp_path, "--resume")  # tmp_path/run does not exist yet
+    err = capsys.readouterr().err
+    assert err.splitlines() == [f"nothing to resume in {tmp_path / 'run'}: starting a new run"]
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    fit_tiny(fresh)
+    x = torch.randn(5, 2)
+    started, new = flowforge.load(tmp_path / "run"), flowforge.load(fresh / "run")
+    assert torch.equal(started.log_prob(x), new.log_prob(x))
+    fit_tiny(tmp_path, "--resume")  # now there is a checkpoint: resumed, and nothing said
+    assert "nothing to resume" not in capsys.readouterr().err
 
 
 def test_training_commands_restore_the_signal_handlers(tmp_path):

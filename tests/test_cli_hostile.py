@@ -8,6 +8,7 @@ runs a table of many more, in-process, each failing before any training starts.
 from __future__ import annotations
 
 import sys
+import traceback
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ import torch
 import yaml
 
 from flowforge.cli import main
+from flowforge.runs.config import ConfigError
 
 TINY = ["--n", "600", "--epochs", "1", "--layers", "2", "--hidden", "8", "--no-plots"]
 TINY += ["--no-progress"]
@@ -277,20 +279,34 @@ def test_vi_base_given_also_as_a_model_argument_is_an_error(runs, tmp_path, caps
 
 
 @pytest.mark.parametrize(
-    "argv",
+    ("argv", "error", "message"),
     [
-        ["fit", "--debug", "--data", "two-moons", "--out", "{tmp}/out", "--device", "nosuch"],
-        ["sample", "{runs}/run", "--debug", "-n", "10", "--out", "{runs}/file.txt/s.npy"],
-        ["eval", "--debug", "{tmp}/missing"],
-        ["vi", "--out", "{tmp}/out", "--target", "os:getcwd", "--dim", "2", "--debug"],
+        (
+            ["fit", "--debug", "--data", "two-moons", "--out", "{tmp}/out", "--device", "nosuch"],
+            ValueError,
+            "nosuch",
+        ),
+        (
+            ["sample", "{runs}/run", "--debug", "-n", "10", "--out", "{runs}/file.txt/s.npy"],
+            NotADirectoryError,
+            "file.txt",
+        ),
+        (["eval", "--debug", "{tmp}/missing"], FileNotFoundError, "missing"),
+        (
+            ["vi", "--out", "{tmp}/out", "--target", "os:getcwd", "--dim", "2", "--debug"],
+            ConfigError,
+            r"target 'os:getcwd' failed on a test batch of shape \(4, 2\): TypeError",
+        ),
     ],
 )
-def test_debug_lets_the_traceback_through(runs, tmp_path, capsys, argv):
+def test_debug_lets_the_traceback_through(runs, tmp_path, capsys, argv, error, message):
+    """Without --debug each of these is a one-line error (tests above); with it, the
+    exception itself reaches the caller, traceback and all."""
     argv = [a.format(runs=runs, tmp=tmp_path) for a in argv]
-    with pytest.raises(Exception) as caught:
+    with pytest.raises(error, match=message) as caught:
         main(argv)
-    assert not isinstance(caught.value, SystemExit)
-    assert caught.value.__traceback__ is not None
+    frames = [frame.name for frame in traceback.extract_tb(caught.value.__traceback__)]
+    assert frames[1] == "main" and len(frames) > 3, frames  # from main down to where it arose
     assert not (tmp_path / "out").exists()
 
 

@@ -123,7 +123,7 @@ def test_plot_of_a_conditional_run_draws_samples_for_test_contexts(conditional_r
     printed = capsys.readouterr().out
     assert "conditional run: no density" in printed
     assert (out / "plots" / "conditional_samples.png").stat().st_size > 10_000
-    assert (out / "plots" / "loss.png").exists()
+    assert (out / "plots" / "loss.png").stat().st_size > 10_000
     assert not (out / "plots" / "density.png").exists()
 
 
@@ -235,7 +235,8 @@ BAD_FILES = [
 @pytest.mark.parametrize(("name", "arrays", "message", "more"), BAD_FILES)
 def test_bad_data_files_give_one_line_errors(tmp_path, name, arrays, message, more):
     path = str(tmp_path / name) if arrays is None else write(tmp_path, name, **arrays)
-    with pytest.raises((ValueError, FileNotFoundError)) as error:
+    expected = FileNotFoundError if arrays is None else ValueError
+    with pytest.raises(expected) as error:
         datasets.load(path)
     text = str(error.value)
     assert "\n" not in text and message in text and more in text and name in text

@@ -301,7 +301,7 @@ def test_bad_masks_raise(tmp_path):
         make_mask(tmp_path / "small.npy", (1, 8, 8))
     with pytest.raises(ValueError, match="unknown mask 'middle'"):
         make_mask("middle", (1, 8, 8))
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match=r"mask file .*absent\.npy does not exist"):
         make_mask(tmp_path / "absent.npy", (1, 8, 8))
     with pytest.raises(ValueError, match="image shape"):
         make_mask("center", (8, 8))

@@ -10,12 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 
-pyro = pytest.importorskip("pyro", reason="needs the pyro extra: pip install 'flowforge[pyro]'")
-dist = pytest.importorskip("pyro.distributions")
-infer = pytest.importorskip("pyro.infer")
+import flowforge as ff
+from flowforge.runtime import extras
 
-import flowforge as ff  # noqa: E402
-from flowforge.interop.pyro import PyroFlow  # noqa: E402
+pytestmark = pytest.mark.extra("pyro")  # each test skips, with the reason, without Pyro
+if extras.installed("pyro"):
+    import pyro
+    import pyro.distributions as dist
+    import pyro.infer as infer
+
+    from flowforge.interop.pyro import PyroFlow
 
 # z ~ N(0, I_2), x_i | z ~ N(A z, s^2 I_3) for i = 1..N: the posterior is Gaussian with
 # precision I + N A^T A / s^2 and mean (its inverse) A^T sum_i x_i / s^2.

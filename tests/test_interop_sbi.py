@@ -11,15 +11,17 @@ import pytest
 import torch
 from torch import nn
 
-sbi = pytest.importorskip("sbi", reason="needs the sbi extra: pip install 'flowforge[sbi]'")
+import flowforge as ff
+from flowforge.inference.simulators import LinearGaussian
+from flowforge.runtime import extras
+from flowforge.transforms import Standardize
 
-from sbi.diagnostics import check_sbc, run_sbc  # noqa: E402
-from sbi.inference import NLE, NPE  # noqa: E402
+pytestmark = pytest.mark.extra("sbi")  # each test skips, with the reason, without sbi
+if extras.installed("sbi"):
+    from sbi.diagnostics import check_sbc, run_sbc
+    from sbi.inference import NLE, NPE
 
-import flowforge as ff  # noqa: E402
-from flowforge.inference.simulators import LinearGaussian  # noqa: E402
-from flowforge.interop.sbi import FlowEstimator, likelihood_nn, posterior_nn  # noqa: E402
-from flowforge.transforms import Standardize  # noqa: E402
+    from flowforge.interop.sbi import FlowEstimator, likelihood_nn, posterior_nn
 
 SIMULATOR = LinearGaussian(theta_dim=2, x_dim=3, noise=0.5, seed=0)
 PRIOR = torch.distributions.MultivariateNormal(torch.zeros(2), torch.eye(2))

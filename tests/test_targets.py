@@ -50,7 +50,7 @@ def test_get_passes_arguments_and_checks_dimensions():
     assert targets.get("u1", dim=2).dim == 2
     with pytest.raises(ValueError, match="2-D"):
         targets.get("u3", dim=3)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="unexpected keyword argument 'scale'"):
         targets.get("u1", scale=2.0)
 
 

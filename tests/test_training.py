@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import pytest
 import torch
 
 import flowforge as ff
 from flowforge.datasets import Split
+from flowforge.runtime.extras import MissingExtraError
 from flowforge.training.loop import evaluate, fit
 
 COVARIANCE = torch.tensor([[1.0, 0.8], [0.8, 1.0]])
@@ -196,15 +198,28 @@ def test_same_seed_same_model_and_float64_training():
         assert torch.equal(a, b)
 
 
-def test_tensorboard_logging_or_a_clear_error(tmp_path):
-    try:
-        import torch.utils.tensorboard  # noqa: F401
-    except ImportError:
-        with pytest.raises(ImportError, match=r"pip install 'flowforge\[tensorboard\]'"):
-            fit(small_flow(), gaussian_data(50, 0), epochs=1, progress=False, tensorboard=tmp_path)
-    else:
+@pytest.mark.extra("tensorboard")
+def test_tensorboard_logs_each_epochs_losses(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    data = gaussian_data(50, 0)
+    history = fit(small_flow(), data, epochs=2, progress=False, tensorboard=tmp_path)
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    logged = [(e.step, e.value) for e in events.Scalars("train_nll")]
+    expected = [(r["epoch"], r["train_nll"]) for r in history.epochs]
+    assert [step for step, _ in logged] == [step for step, _ in expected] == [1, 2]
+    for (_, value), (_, want) in zip(logged, expected, strict=True):
+        assert value == pytest.approx(want, rel=1e-6)  # stored as float32
+
+
+def test_tensorboard_without_its_extra_is_a_one_line_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorboard", None)
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    expected = r"^fit\(tensorboard=...\) needs the tensorboard extra: pip install"
+    with pytest.raises(MissingExtraError, match=expected):
         fit(small_flow(), gaussian_data(50, 0), epochs=1, progress=False, tensorboard=tmp_path)
-        assert any(tmp_path.iterdir())
+    assert not any(tmp_path.iterdir())
 
 
 def test_fit_and_fit_variational_take_a_device_name_as_the_command_line_does():
@@ -221,3 +236,17 @@ def test_fit_and_fit_variational_take_a_device_name_as_the_command_line_does():
     missing = f"cuda:{torch.cuda.device_count()}"  # one past the last GPU: never there
     with pytest.raises(ValueError, match=f"{missing}. (was asked for|does not exist)"):
         ff.fit(flow, data.train, epochs=1, progress=False, device=missing)
+
+
+def test_resume_from_a_directory_without_a_checkpoint_says_so_and_starts_afresh(tmp_path, capsys):
+    data, typo = gaussian_data(50, 0), tmp_path / "typo"
+    resumed = fit(small_flow(), data, epochs=1, progress=False, checkpoint=typo, resume=True)
+    assert capsys.readouterr().err == f"nothing to resume in {typo}: starting a new run\n"
+    fresh = fit(small_flow(), data, epochs=1, progress=False)
+    assert resumed.epochs[0]["train_nll"] == fresh.epochs[0]["train_nll"]
+    assert not any(e["event"] == "resumed" for e in resumed.events)
+
+
+def test_resume_without_a_checkpoint_directory_is_refused():
+    with pytest.raises(ValueError, match=r"^resume=True needs checkpoint=, the directory"):
+        fit(small_flow(), gaussian_data(50, 0), epochs=1, progress=False, resume=True)

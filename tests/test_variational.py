@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 import torch
+import yaml
 
 import flowforge as ff
 from flowforge.cli import main
@@ -96,15 +98,23 @@ def test_vi_and_diagnose_from_the_command_line(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     args = ["vi", "--target", "mytarget:log_p", "--dim", "2", "--model", "planar", "--layers", "2"]
     assert main([*args, "--steps", "300", "--out", "run", "--no-progress"]) == 0
-    for name in ("config.yaml", "model.json", "model.safetensors", "metrics.jsonl"):
-        assert (tmp_path / "run" / name).exists(), name
-    assert (tmp_path / "run" / "plots" / "density.png").stat().st_size > 10_000
-    assert (tmp_path / "run" / "plots" / "elbo.png").stat().st_size > 10_000
+    run = tmp_path / "run"
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert (config["target"], config["model"], config["steps"]) == ("mytarget:log_p", "planar", 300)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["step"] == 300 and math.isfinite(records[-1]["elbo"])
+    flow = ff.load(run)
+    assert torch.isfinite(flow.log_prob(torch.randn(7, 2))).all()
+    assert (run / "plots" / "density.png").stat().st_size > 10_000
+    assert (run / "plots" / "elbo.png").stat().st_size > 10_000
     capsys.readouterr()
     assert main(["diagnose", "run", "-n", "20000"]) == 0
     out = capsys.readouterr().out
-    assert "ESS" in out or "ess" in out
-    assert (tmp_path / "run" / "diagnostics.json").exists()
+    written = json.loads((run / "diagnostics.json").read_text())
+    assert written["n"] == 20_000 and f"ESS           {written['ess']:,.1f}" in out
+    assert written["ess_fraction"] == pytest.approx(written["ess"] / 20_000)
+    # exp(-|z - 1|^2 / 2) integrates to 2 pi: importance sampling must find it
+    assert abs(written["log_z"] - math.log(2 * math.pi)) < 5 * written["log_z_se"]
 
 
 def test_vi_bad_target_gives_one_line(tmp_path, capsys):

@@ -406,6 +406,7 @@ def _check_training(config: dict, out: str) -> None:
     this machine lacks, TensorBoard logging without tensorboard, an ``--out`` that cannot
     be a directory. The device is stored resolved (``auto`` -> ``cpu`` or ``cuda``)."""
     from flowforge.runtime import devices
+    from flowforge.runtime.extras import MissingExtraError
 
     config["device"] = str(devices.resolve(config["device"]))
     _check_directory(out, "--out")
@@ -414,10 +415,7 @@ def _check_training(config: dict, out: str) -> None:
         try:
             import torch.utils.tensorboard  # noqa: F401
         except ImportError:
-            raise ImportError(
-                "--tensorboard needs the tensorboard package, which is not installed: "
-                "pip install 'flowforge[tensorboard]', or leave out --tensorboard"
-            ) from None
+            raise MissingExtraError("--tensorboard", "tensorboard") from None
 
 
 def _check_directory(path: str | os.PathLike, option: str) -> None:

@@ -30,10 +30,12 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
+from flowforge.runtime.extras import MissingExtraError
+
 try:
     from pyro.distributions.torch_distribution import TorchDistributionMixin
 except ImportError as error:  # pragma: no cover - the message is the point
-    raise ImportError("flowforge.interop.pyro needs Pyro: pip install 'flowforge[pyro]'") from error
+    raise MissingExtraError(__name__, "pyro") from error
 
 from flowforge.flows.flow import ConditionedFlow, Flow
 

@@ -35,11 +35,13 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from flowforge.runtime.extras import MissingExtraError
+
 try:
     from sbi.neural_nets.estimators.base import ConditionalDensityEstimator
     from sbi.utils.sbiutils import standardizing_net
 except ImportError as error:  # pragma: no cover - the message is the point
-    raise ImportError("flowforge.interop.sbi needs sbi: pip install 'flowforge[sbi]'") from error
+    raise MissingExtraError(__name__, "sbi") from error
 
 from flowforge.flows import models
 from flowforge.flows.flow import Flow

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from flowforge.datasets.base import Split
 from flowforge.flows.flow import Flow
 from flowforge.runtime import devices, interrupts
+from flowforge.runtime.extras import MissingExtraError
 from flowforge.training import checkpoint
 from flowforge.training import distributed as parallel
 from flowforge.training.checkpoint import CHECKPOINT, fingerprint
@@ -94,13 +95,14 @@ def fit(
         checkpoint: a directory; the training state is saved there at the end of every epoch
             (`flowforge.training.checkpoint`), when a signal stops training, and every
             ``checkpoint_every`` steps.
-        resume: continue from the checkpoint in ``checkpoint`` if there is one, at the step
-            where it was taken. Changing the model, the data, ``batch_size``,
-            ``weight_decay``, ``schedule``, ``seed`` or ``dtype`` is refused with a
-            ``ValueError`` naming them; a new ``lr``, ``clip`` or ``patience`` is applied
-            and recorded in ``history.events``; more ``epochs`` continue the cosine schedule
-            from the current rate to 0 over the added steps (from ``lr`` again if the run had
-            finished: a warm restart).
+        resume: continue from the checkpoint in ``checkpoint`` at the step where it was
+            taken; where ``checkpoint`` holds none, a line on stderr says "nothing to resume
+            in DIR: starting a new run" and training starts from the beginning. Changing the
+            model, the data, ``batch_size``, ``weight_decay``, ``schedule``, ``seed`` or
+            ``dtype`` is refused with a ``ValueError`` naming them; a new ``lr``, ``clip`` or
+            ``patience`` is applied and recorded in ``history.events``; more ``epochs``
+            continue the cosine schedule from the current rate to 0 over the added steps
+            (from ``lr`` again if the run had finished: a warm restart).
         checkpoint_every: also save a checkpoint every this many steps inside an epoch, so
             that a killed run loses at most that many steps.
         metrics: a JSON-lines file rewritten (atomically) after every epoch, one line each.
@@ -137,6 +139,8 @@ def fit(
     train, val = as_split(train), (as_split(val) if val is not None else None)
     _check_arguments(epochs, batch_size, lr, schedule, clip, patience)
     _check_safety(checkpoint_every, divergence_threshold, rollbacks)
+    if resume and checkpoint is None:
+        raise ValueError("resume=True needs checkpoint=, the directory to resume from; got None")
     target = devices.resolve(device, default=str(flow.device))
     workers = parallel.setup(distributed, target)
     if workers is not None:
@@ -168,8 +172,10 @@ def fit(
         callback=callback,
         workers=workers,
     )
-    if resume and trainer.checkpoint is not None and (trainer.checkpoint / CHECKPOINT).exists():
+    if resume and (trainer.checkpoint / CHECKPOINT).exists():
         trainer.resume()
+    elif resume:  # a typo in the directory must not pass for a resumed run
+        trainer._say(f"nothing to resume in {trainer.checkpoint}: starting a new run")
     with interrupts.handling():
         return trainer.run(progress, tensorboard)
 
@@ -677,10 +683,7 @@ def _tensorboard(log_dir: str | Path | None):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as error:  # tensorboard is an optional extra
-        raise ImportError(
-            "tensorboard logging needs the tensorboard package: "
-            "pip install 'flowforge[tensorboard]'"
-        ) from error
+        raise MissingExtraError("fit(tensorboard=...)", "tensorboard") from error
     return SummaryWriter(str(log_dir))
 
 
