@@ -15,6 +15,7 @@ from torch import nn
 
 import flowforge.transforms as T
 from flowforge.flows import models
+from flowforge.nn import TimeMLP
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,10 @@ class Case:
     # round-off is eps times a condition number that strong noise on a dozen layers pushes
     # past 1e6, and the tolerances would then test round-off rather than the code.
     damping: float = 1.0
+    # float64 tolerances of the round trips and of the log-determinant against autograd's:
+    # round-off for closed-form maps; for an ODE's map, its solver's error (see the case)
+    round_trip: float = 1e-10
+    logdet: float = 1e-8
 
     def latent_event_shape(self, dim: int) -> tuple[int, ...]:
         return (self.latent_shape or self.event_shape)(dim)
@@ -251,6 +256,25 @@ CASES = [
     Case("radial", T.Radial),
     Case("inverse-planar", lambda d: T.Inverse(T.Planar(d))),
     Case("inverse-radial", lambda d: T.Radial(d).inv),
+    # ODE maps: the error is the solver's. Adaptive at tau = 1e-9 on each sample's norm: a
+    # global error of a few tau over a unit of time. Tsit5 in 20 fixed steps of h = 0.05: an
+    # error of order h^5 = 3e-7 times the field's derivatives, and the log-determinant
+    # integrated by the same scheme differs from the discrete map's by as much.
+    Case(
+        "cnf",
+        lambda d: T.ContinuousFlow(TimeMLP(d, (8, 8)), rtol=1e-9, atol=1e-9),
+        dims=(3,),
+        round_trip=1e-6,
+        logdet=1e-6,
+    ),
+    Case(
+        "cnf-conditional-fixed-steps",
+        lambda d: T.ContinuousFlow(TimeMLP(d, (8, 8), context_dim=2), method="tsit5", steps=20),
+        context_dim=2,
+        dims=(2,),
+        round_trip=1e-5,
+        logdet=1e-5,
+    ),
     Case(
         "compose",
         lambda d: T.Compose(

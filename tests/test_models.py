@@ -39,9 +39,11 @@ BUILDERS = {
 
 
 def test_every_builder_is_tested():
+    from test_continuous import CONTINUOUS_BUILDERS  # the continuous flows, tested there
     from test_image_models import IMAGE_BUILDERS  # the image flows, tested there
 
     tested = {name.split("-")[0] for name in BUILDERS} | set(IMAGE_BUILDERS)
+    tested |= set(CONTINUOUS_BUILDERS)
     assert tested == set(ff.models.MODELS)
 
 

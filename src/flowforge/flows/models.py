@@ -19,6 +19,7 @@ from torch.overrides import TorchFunctionMode
 from flowforge.flows.distributions import make_base
 from flowforge.flows.flow import Flow
 from flowforge.nn.mlp import MLP, zero_conv
+from flowforge.nn.velocity import TimeMLP
 from flowforge.runtime import limits
 from flowforge.transforms import (
     ActNorm,
@@ -28,6 +29,7 @@ from flowforge.transforms import (
     ChannelAffineCoupling,
     CheckerboardAffineCoupling,
     Compose,
+    ContinuousFlow,
     DiagonalScaling,
     FactorOut,
     Inverse,
@@ -515,6 +517,41 @@ def maf(
     made = dict(hidden=hidden, residual=residual, activation=activation, context_dim=inner)
     steps = _autoregressive_layers(dim, layers, permutation, seed, actnorm, made, scale_bound)
     return _flow(Compose(*steps), base, dim, context_dim, embedding_dim)
+
+
+@_builder
+def cnf(
+    dim: int,
+    hidden: Sequence[int] = (64, 64, 64),
+    *,
+    activation: str = "tanh",
+    trace: str = "exact",
+    noise: str = "rademacher",
+    method: str = "dopri5",
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    steps: int | None = None,
+    base: str = "normal",
+    context_dim: int = 0,
+    embedding_dim: int | None = None,
+) -> Flow:
+    r"""A continuous normalizing flow (Chen et al. 2018; FFJORD, Grathwohl et al. 2019): the
+    time-1 map of $dx/dt = v(x, t \mid c)$ from the base at $t = 0$ to the data at $t = 1$.
+
+    The field is a `flowforge.nn.TimeMLP` (time read by every layer, a smooth
+    ``activation``, zero at the start); the map and its log-determinant come from one
+    `ContinuousFlow` solve per call, with the exact trace by default (``trace="hutchinson"``
+    for high ``dim``), an adaptive ``method`` at ``rtol``/``atol`` on each sample's own
+    error (a point's log-density does not depend on its batch), or ``steps`` fixed steps.
+    The evaluations of the last solve are in ``flow.transform.nfe``. See `maf()` for
+    ``context_dim``, ``embedding_dim`` and ``base``. Shapes ``(batch, dim)``.
+    """
+    _check_int("dim", dim, 1)
+    hidden = _check_hidden(hidden)
+    inner = _inner_context(context_dim, embedding_dim)
+    field = TimeMLP(dim, hidden, context_dim=inner, activation=activation)
+    solver = dict(trace=trace, noise=noise, method=method, rtol=rtol, atol=atol, steps=steps)
+    return _flow(ContinuousFlow(field, **solver), base, dim, context_dim, embedding_dim)
 
 
 @_builder

@@ -14,6 +14,7 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "tanh": nn.Tanh,
     "gelu": nn.GELU,
     "silu": nn.SiLU,
+    "softplus": nn.Softplus,
 }
 
 

@@ -3,6 +3,7 @@ return ``(output, log|det J|)`` with the log-determinant of shape ``(batch,)``."
 
 from flowforge.transforms.autoregressive import AffineAutoregressive, Autoregressive
 from flowforge.transforms.base import Compose, Inverse, Transform, steps
+from flowforge.transforms.continuous import ContinuousFlow
 from flowforge.transforms.conv import InvertibleConv1x1
 from flowforge.transforms.coupling import (
     AdditiveCoupling,
@@ -34,6 +35,7 @@ __all__ = [
     "ChannelAffineCoupling",
     "CheckerboardAffineCoupling",
     "Compose",
+    "ContinuousFlow",
     "Coupling",
     "DiagonalScaling",
     "FactorOut",

@@ -1,0 +1,210 @@
+"""Continuous flows (`flowforge.transforms.ContinuousFlow`, ``ff.models.cnf``): the exact trace
+is the autograd Jacobian's, Hutchinson's estimate is unbiased, a linear field gives the
+closed-form map and density, the density integrates to one, a point's log-density does not
+depend on its batch, and the model saves, loads and trains like the other flows.
+
+Float64 throughout; each tolerance follows from the solver's (rtol = atol = tau on each
+sample's error norm gives a global error of a few tau for these smooth, short solves)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import flowforge as ff
+from flowforge.nn import TimeMLP
+from flowforge.transforms import ContinuousFlow
+from flowforge.transforms.continuous import exact_trace, hutchinson_trace
+
+from cases import randomize
+
+CONTINUOUS_BUILDERS = {
+    "cnf": lambda **kw: ff.models.cnf(dim=2, hidden=(16, 16), **kw),
+}
+
+
+def random_field(dim: int = 2, context_dim: int = 0, seed: int = 0, scale: float = 0.5) -> TimeMLP:
+    torch.manual_seed(seed)
+    return randomize(
+        TimeMLP(dim, (16, 16), context_dim=context_dim), seed=seed, scale=scale
+    ).double()
+
+
+class LinearField(nn.Module):
+    """v(x, t) = A x: the time-1 map is expm(A), its log-determinant tr(A)."""
+
+    def __init__(self, matrix: torch.Tensor) -> None:
+        super().__init__()
+        self.matrix = nn.Parameter(matrix)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context=None) -> torch.Tensor:
+        return x @ self.matrix.T
+
+
+def test_the_exact_trace_is_the_autograd_jacobians():
+    field = random_field(3, context_dim=2)
+    x, t, c = torch.randn(6, 3, dtype=torch.float64), torch.rand(6, dtype=torch.float64), None
+    c = torch.randn(6, 2, dtype=torch.float64)
+    v, trace = exact_trace(field, x, t, c)
+    torch.testing.assert_close(v, field(x, t, c), atol=1e-14, rtol=0)
+    for i in range(6):
+        jacobian = torch.autograd.functional.jacobian(lambda y, i=i: field(y, t[i], c[i]), x[i])
+        torch.testing.assert_close(trace[i], jacobian.trace(), atol=1e-13, rtol=0)
+    assert trace.abs().min() > 1e-3, "a random field must not have a zero trace"
+
+
+@pytest.mark.parametrize("noise", ["rademacher", "gaussian"])
+def test_hutchinsons_estimate_is_unbiased(noise):
+    field = random_field(4)
+    x = torch.randn(1, 4, dtype=torch.float64).expand(20_000, 4)
+    t = torch.full((20_000,), 0.4, dtype=torch.float64)
+    probes = torch.randn(20_000, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    probes = probes.sign() if noise == "rademacher" else probes
+    _, estimates = hutchinson_trace(field, x, t, None, probes)
+    _, exact = exact_trace(field, x[:1], t[:1], None)
+    error = estimates.mean() - exact[0]
+    assert error.abs() < 4 * estimates.std() / math.sqrt(len(estimates)), float(error)
+
+
+def test_a_linear_field_gives_the_matrix_exponential_and_its_trace():
+    matrix = torch.tensor([[-0.3, 0.8], [-0.5, 0.2]], dtype=torch.float64)
+    flow = ContinuousFlow(LinearField(matrix), rtol=1e-10, atol=1e-10)
+    z = torch.randn(5, 2, dtype=torch.float64)
+    x, logdet = flow.inverse(z)
+    torch.testing.assert_close(x, z @ torch.linalg.matrix_exp(matrix).T, atol=1e-8, rtol=0)
+    torch.testing.assert_close(logdet, matrix.trace().expand(5), atol=1e-8, rtol=0)
+    back, logdet_back = flow(x)
+    torch.testing.assert_close(back, z, atol=1e-8, rtol=0)
+    torch.testing.assert_close(logdet_back, -logdet, atol=1e-8, rtol=0)
+
+
+@pytest.mark.parametrize("trace", ["exact", "hutchinson"])
+def test_inverse_of_forward_is_the_identity_to_the_solvers_tolerance(trace):
+    flow = ContinuousFlow(random_field(3), trace=trace, rtol=1e-9, atol=1e-9)
+    x = torch.randn(8, 3, dtype=torch.float64)
+    z, logdet = flow(x)
+    assert (z - x).abs().max() > 0.1, "a random field must move the points"
+    back, logdet_back = flow.inverse(z)
+    torch.testing.assert_close(back, x, atol=1e-6, rtol=0)
+    if trace == "exact":  # Hutchinson's noise differs between the two solves
+        torch.testing.assert_close(logdet_back, -logdet, atol=1e-6, rtol=0)
+
+
+def test_the_log_determinant_is_the_autograd_jacobians_slogdet():
+    flow = ContinuousFlow(random_field(2, context_dim=1), rtol=1e-10, atol=1e-10)
+    x, c = torch.randn(3, 2, dtype=torch.float64), torch.randn(3, 1, dtype=torch.float64)
+    _, logdet = flow(x, c)
+    for i in range(3):
+        jacobian = torch.autograd.functional.jacobian(
+            lambda y, i=i: flow(y[None], c[i : i + 1])[0][0], x[i]
+        )
+        torch.testing.assert_close(logdet[i], torch.linalg.slogdet(jacobian)[1], atol=1e-7, rtol=0)
+
+
+def test_the_density_integrates_to_one():
+    torch.manual_seed(0)
+    flow = randomize(ff.models.cnf(2, hidden=(16, 16)), seed=0, scale=0.3).double()
+    half_width, points = 7.0, 141
+    grid = torch.linspace(-half_width, half_width, points, dtype=torch.float64)
+    xx, yy = torch.meshgrid(grid, grid, indexing="ij")
+    with torch.no_grad():
+        density = flow.log_prob(torch.stack((xx, yy), dim=-1).reshape(-1, 2)).exp()
+    density = density.reshape(points, points)
+    mass = torch.trapezoid(torch.trapezoid(density, grid, dim=1), grid).item()
+    assert abs(mass - 1) < 1e-2, mass
+    assert density.max() * (grid[1] - grid[0]) ** 2 < 0.05, "too peaked for this grid"
+
+
+def test_a_points_log_density_does_not_depend_on_its_batch():
+    """Each sample has its own step sizes: alone or among 1,000 others, the same answer."""
+    torch.manual_seed(0)
+    flow = randomize(ff.models.cnf(2, hidden=(32, 32)), seed=0, scale=0.4).double()
+    crowd = 3 * torch.randn(1001, 2, dtype=torch.float64)
+    with torch.no_grad():
+        together = flow.log_prob(crowd)
+        alone = torch.stack([flow.log_prob(crowd[i : i + 1])[0] for i in (0, 500, 1000)])
+        half = flow.log_prob(crowd[500:])
+    assert (together[[0, 500, 1000]] - alone).abs().max() < 1e-5
+    assert (together[500:] - half).abs().max() < 1e-5
+
+
+def test_nfe_is_counted_for_the_solve_and_its_backward_pass():
+    flow = ContinuousFlow(random_field(2), method="tsit5", steps=4)
+    flow.double()
+    z, logdet = flow(torch.randn(3, 2, dtype=torch.float64))
+    # tsit5: one evaluation at the start, then 6 new stages a step (the 7th is the next's 1st)
+    assert flow.nfe == {"forward": 1 + 4 * 6, "backward": 0}
+    (z.sum() + logdet.sum()).backward()
+    assert flow.nfe == {"forward": 25, "backward": 25}
+    adaptive = ContinuousFlow(random_field(2))
+    adaptive.double()(torch.randn(3, 2, dtype=torch.float64))
+    assert adaptive.nfe["forward"] > 8
+
+
+def test_fixed_steps_converge_to_the_adaptive_solve():
+    field = random_field(2)
+    x = torch.randn(4, 2, dtype=torch.float64)
+    reference = ContinuousFlow(field, rtol=1e-10, atol=1e-10)(x)[1]
+    errors = [
+        (ContinuousFlow(field, method="heun", steps=n)(x)[1] - reference).abs().max()
+        for n in (8, 16)
+    ]
+    assert errors[1] < errors[0] / 3  # second order: about a quarter
+
+
+def test_bad_options_are_one_line_errors():
+    field = random_field(2)
+    for options, message in [
+        ({"trace": "approximate"}, "trace must be 'exact' or 'hutchinson'"),
+        ({"noise": "uniform"}, "noise must be 'rademacher' or 'gaussian'"),
+        ({"method": "rk45"}, "unknown method 'rk45'"),
+        ({"method": "euler"}, "method 'euler' has no error estimate: give steps=N"),
+        ({"steps": 0}, "steps must be a positive int or None, got 0"),
+        ({"rtol": -1.0}, "rtol must be a positive number, got -1.0"),
+    ]:
+        with pytest.raises(ValueError, match=f"^{message}"):
+            ContinuousFlow(field, **options)
+
+
+def test_a_solve_that_runs_out_of_steps_says_what_to_change():
+    flow = ContinuousFlow(random_field(2, scale=3.0), rtol=1e-12, atol=1e-12, max_steps=5)
+    with pytest.raises(
+        FloatingPointError, match=r"the ODE solve failed for \d+ of 3 samples .* raise max_steps"
+    ):
+        flow.double()(torch.randn(3, 2, dtype=torch.float64))
+
+
+def test_a_conditional_cnf_depends_on_its_context_and_saves(tmp_path):
+    torch.manual_seed(0)
+    flow = randomize(ff.models.cnf(2, hidden=(16,), context_dim=3, embedding_dim=4), scale=0.3)
+    x, c = torch.randn(5, 2), torch.randn(5, 3)
+    log_p = flow.log_prob(x, c)
+    assert not torch.allclose(log_p, flow.log_prob(x, c + 1))
+    ff.save(flow, tmp_path / "run")
+    loaded = ff.load(tmp_path / "run")
+    assert loaded.config == flow.config and loaded.transform.trace == "exact"
+    torch.testing.assert_close(loaded.log_prob(x, c), log_p, atol=0, rtol=0)
+    assert flow.sample(4, context=c).shape == (4, 5, 2)
+
+
+def test_sample_and_log_prob_agree_with_log_prob_to_the_solvers_tolerance():
+    torch.manual_seed(1)
+    flow = randomize(ff.models.cnf(2, hidden=(16, 16), rtol=1e-9, atol=1e-9), scale=0.3).double()
+    x, log_q = flow.sample_and_log_prob(200)
+    torch.testing.assert_close(log_q, flow.log_prob(x), atol=1e-6, rtol=0)
+
+
+def test_training_lowers_the_nll_and_gradients_reach_every_parameter():
+    data = ff.datasets.load("two-moons", n=1000, seed=0)
+    flow = ff.models.cnf(2, hidden=(32, 32))
+    before = ff.evaluate(flow, data.val).nll
+    history = ff.fit(flow, data.train, data.val, epochs=3, batch_size=256, lr=1e-2, progress=False)
+    assert history.best_val_nll < before - 0.2, (before, history.best_val_nll)
+    flow.zero_grad()
+    flow.log_prob(data.val.x[:64]).mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in flow.parameters())
+    nfe = flow.transform.nfe  # backward: all but the trial evaluation that sized the 1st step
+    assert 0 < nfe["backward"] <= nfe["forward"]
