@@ -208,3 +208,93 @@ def test_training_lowers_the_nll_and_gradients_reach_every_parameter():
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in flow.parameters())
     nfe = flow.transform.nfe  # backward: all but the trial evaluation that sized the 1st step
     assert 0 < nfe["backward"] <= nfe["forward"]
+
+
+def test_the_regularisers_integrate_the_fields_energy_and_jacobian_norm():
+    """v = A x + b from t = 0 to 1: |J|_F^2 = |A|_F^2 at every t; with A = 0 the kinetic
+    energy is |b|^2."""
+    field = TimeMLP(2, (4,)).double()
+    bias = torch.tensor([0.6, -0.8], dtype=torch.float64)
+    with torch.no_grad():
+        field.out.bias.copy_(bias)  # the last layer's weight is zero: v = b
+    flow = ContinuousFlow(field, kinetic=0.5, jacobian=2.0)
+    flow(torch.randn(4, 2, dtype=torch.float64))
+    assert flow.regularizers["kinetic_energy"] == pytest.approx(1.0, rel=1e-9)  # |b|^2
+    assert flow.regularizers["jacobian_norm"] == pytest.approx(0.0, abs=1e-12)
+    assert flow.penalty.item() == pytest.approx(0.5, rel=1e-9)
+    matrix = torch.tensor([[-0.3, 0.8], [-0.5, 0.2]], dtype=torch.float64)
+    linear = ContinuousFlow(LinearField(matrix), jacobian=1.0, rtol=1e-9, atol=1e-9)
+    linear.inverse(torch.randn(4, 2, dtype=torch.float64))
+    expected = matrix.square().sum().item()
+    assert linear.regularizers["jacobian_norm"] == pytest.approx(expected, rel=1e-7)
+    with torch.no_grad():  # not while evaluating: nothing to regularise
+        linear(torch.randn(4, 2, dtype=torch.float64))
+    assert linear.penalty is None and linear.regularizers == {}
+
+
+def test_fit_reports_evaluations_and_penalty_beside_the_nll(tmp_path):
+    data = ff.datasets.load("two-moons", n=600, seed=0)
+    torch.manual_seed(0)
+    flow = randomize(ff.models.cnf(2, hidden=(16,), kinetic=0.1, jacobian=0.1), scale=0.3)
+    before = ff.evaluate(flow, data.train).nll
+    history = ff.fit(
+        flow,
+        data.train,
+        epochs=1,
+        batch_size=len(data.train.x),
+        lr=1e-12,
+        progress=False,
+        metrics=tmp_path / "metrics.jsonl",
+    )
+    record = history.epochs[0]
+    assert record["train_nll"] == pytest.approx(before, abs=1e-3)  # the NLL, no penalty in it
+    assert record["penalty"] > 0.01 and record["kinetic_energy"] > 0
+    assert record["nfe_forward"] > 8 and 0 < record["nfe_backward"] <= record["nfe_forward"]
+    assert '"nfe_forward"' in (tmp_path / "metrics.jsonl").read_text()
+
+
+def test_the_trajectory_passes_through_the_solves_ends():
+    flow = ContinuousFlow(random_field(2), rtol=1e-9, atol=1e-9)
+    z = torch.randn(6, 2, dtype=torch.float64)
+    path = flow.trajectory(z, [0.0, 0.5, 1.0])
+    assert path.shape == (3, 6, 2)
+    torch.testing.assert_close(path[0], z, atol=0, rtol=0)
+    torch.testing.assert_close(path[-1], flow.inverse(z)[0], atol=1e-7, rtol=0)
+    halfway = ContinuousFlow(random_field(2), rtol=1e-9, atol=1e-9).trajectory(z, [0.5])[0]
+    torch.testing.assert_close(path[1], halfway, atol=1e-7, rtol=0)
+    for times in ([0.5, 0.2], [0.0, 1.5], []):
+        with pytest.raises(ValueError, match="times must"):
+            flow.trajectory(z, times)
+
+
+def test_the_layers_figure_of_a_cnf_shows_times(tmp_path):
+    torch.manual_seed(0)
+    flow = randomize(ff.models.cnf(2, hidden=(8,)), scale=0.5)
+    x = torch.randn(300, 2)
+    stages = ff.plots.layer_stages(flow, x)
+    assert [label for label, _ in stages] == [
+        "latent z = f(x), t = 0",
+        "t = 0.25",
+        "t = 0.50",
+        "t = 0.75",
+        "data x, t = 1",
+    ]
+    torch.testing.assert_close(stages[-1][1], x, atol=1e-3, rtol=0)  # float32, tol 1e-5
+    path = ff.plots.plot_layers_2d(flow, x, tmp_path / "layers.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+def test_the_command_line_fits_evaluates_samples_and_plots_a_cnf(tmp_path, capsys):
+    from flowforge.cli import main
+
+    out = tmp_path / "run"
+    args = ["fit", "--data", "two-moons", "--model", "cnf", "--hidden", "16,16", "--out", str(out)]
+    args += ["--n-samples", "1000", "--epochs", "2", "--model-arg", "kinetic=0.01"]
+    assert main(args) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("epoch 1/2  train ") and " nfe " in err[0]
+    assert main(["eval", str(out)]) == 0 and "cnf " in capsys.readouterr().out
+    assert main(["sample", str(out), "-n", "50", "--out", str(tmp_path / "s.npy")]) == 0
+    assert main(["plot", str(out)]) == 0
+    assert (out / "plots" / "layers.png").stat().st_size > 10_000
+    assert ff.load(out).transform.kinetic == 0.01

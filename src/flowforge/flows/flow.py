@@ -250,6 +250,26 @@ class Flow(nn.Module, Distribution):
             "-flow.log_prob(flow.sample(n)).mean()"
         )
 
+    def statistics(self) -> dict[str, float]:
+        """What the layers report of their last call, summed over the layers that report
+        (a continuous flow's evaluations ``nfe_forward`` and ``nfe_backward`` and its
+        regularisers); ``{}`` for a flow of closed-form layers."""
+        found: dict[str, float] = {}
+        for module in self.transform.modules():
+            report = getattr(module, "statistics", None)
+            if callable(report):
+                for key, value in report().items():
+                    found[key] = found.get(key, 0) + value
+        return found
+
+    def penalty(self) -> Tensor | None:
+        """The sum of the penalties that the layers computed in the last call, with
+        gradients (a regularised continuous flow's; `flowforge.fit` adds it to the loss),
+        or None."""
+        terms = [getattr(m, "penalty", None) for m in self.transform.modules()]
+        terms = [term for term in terms if isinstance(term, Tensor)]
+        return sum(terms[1:], terms[0]) if terms else None
+
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """``flow(x, context)`` is `log_prob()` (same shapes, same refusals)."""
         return self.log_prob(x, context)

@@ -531,6 +531,8 @@ def cnf(
     rtol: float = 1e-5,
     atol: float = 1e-5,
     steps: int | None = None,
+    kinetic: float = 0.0,
+    jacobian: float = 0.0,
     base: str = "normal",
     context_dim: int = 0,
     embedding_dim: int | None = None,
@@ -543,7 +545,9 @@ def cnf(
     `ContinuousFlow` solve per call, with the exact trace by default (``trace="hutchinson"``
     for high ``dim``), an adaptive ``method`` at ``rtol``/``atol`` on each sample's own
     error (a point's log-density does not depend on its batch), or ``steps`` fixed steps.
-    The evaluations of the last solve are in ``flow.transform.nfe``. See `maf()` for
+    ``kinetic`` and ``jacobian`` weigh the regularisers of Finlay et al. (2020), which
+    `flowforge.fit` adds to the loss (the NLL it reports stays the NLL). The evaluations
+    of the last solve are in ``flow.transform.nfe``. See `maf()` for
     ``context_dim``, ``embedding_dim`` and ``base``. Shapes ``(batch, dim)``.
     """
     _check_int("dim", dim, 1)
@@ -551,6 +555,7 @@ def cnf(
     inner = _inner_context(context_dim, embedding_dim)
     field = TimeMLP(dim, hidden, context_dim=inner, activation=activation)
     solver = dict(trace=trace, noise=noise, method=method, rtol=rtol, atol=atol, steps=steps)
+    solver |= dict(kinetic=kinetic, jacobian=jacobian)
     return _flow(ContinuousFlow(field, **solver), base, dim, context_dim, embedding_dim)
 
 

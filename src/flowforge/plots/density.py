@@ -38,7 +38,7 @@ from flowforge.plots.common import (
     _subsample,
     default_bounds,
 )
-from flowforge.transforms import steps
+from flowforge.transforms import ContinuousFlow, steps
 
 
 def _series(history: Sequence[Mapping], key: str) -> np.ndarray:
@@ -276,10 +276,16 @@ def layer_stages(flow: Flow, x: ArrayLike, every: int = 2) -> list[tuple[str, Te
     undoes ``every`` more steps from the latent side (fewer in the last), and the last is the
     reconstruction of ``x``. So ``K`` steps give ``ceil(K / every) + 1`` stages, each a
     ``(label, points)`` pair with points ``(N, *event_shape)`` in the flow's dtype and device.
+
+    A continuous flow (one `ContinuousFlow`) has no layers: its stages are the points along
+    their trajectories from $t = 0$ (the latent) to $t = 1$ (the data), at ``every + 3``
+    equally spaced times (5 by default).
     """
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
         raise ValueError(f"every must be a positive integer, got {every!r}")
     layers = steps(flow.transform)
+    if len(layers) == 1 and isinstance(layers[0], ContinuousFlow):
+        return _time_stages(flow, layers[0], x, every + 3)
     with _evaluating(flow):
         state = _as_tensor(x, flow)
         for layer in layers:
@@ -292,6 +298,20 @@ def layer_stages(flow: Flow, x: ArrayLike, every: int = 2) -> list[tuple[str, Te
             elif undone % every == 0:
                 stages.append((f"{undone} of {len(layers)} layers undone", state))
     return stages
+
+
+def _time_stages(
+    flow: Flow, ode: ContinuousFlow, x: ArrayLike, count: int
+) -> list[tuple[str, Tensor]]:
+    """The points of ``x`` carried to the latent and back along their trajectories, at
+    ``count`` equally spaced times from 0 to 1."""
+    times = [k / (count - 1) for k in range(count)]
+    with _evaluating(flow):
+        z, _ = ode(_as_tensor(x, flow))
+        path = ode.trajectory(z, times)
+    labels = [f"t = {t:.2f}" for t in times]
+    labels[0], labels[-1] = "latent z = f(x), t = 0", "data x, t = 1"
+    return list(zip(labels, path, strict=True))
 
 
 def _point_colours(points: np.ndarray) -> np.ndarray:
@@ -327,8 +347,10 @@ def plot_layers_2d(flow: Flow, data: ArrayLike, path: str | os.PathLike, every: 
         _frame(axes, _square(default_bounds(state)), label, variable)
     for axes in panels[len(stages) :]:
         axes.set_visible(False)
+    continuous = isinstance(flow.transform, ContinuousFlow)
+    per_panel = "along the ODE's time" if continuous else f"{every} layer{'s' * (every != 1)}"
+    per_panel += "" if continuous else " per panel"
     figure.suptitle(
-        f"Points through the flow: latent to data, {every} layer{'s' * (every != 1)} per panel"
-        " (colour: angle in data space)"
+        f"Points through the flow: latent to data, {per_panel} (colour: angle in data space)"
     )
     return _save(figure, path)

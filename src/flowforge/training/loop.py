@@ -215,6 +215,13 @@ class _Trainer:
         self.epoch, self.step = 0, 0  # where training stands: steps done in this epoch
         self.order: Tensor | None = None
         self.total, self.count, self.seconds = 0.0, 0, 0.0  # the epoch's running sums
+        self.penalty_total = 0.0  # of the layers' penalties (regularised continuous flows)
+        # layers that report statistics (evaluations of an ODE solve) or add a penalty
+        self.reporting = any(
+            callable(getattr(m, "statistics", None)) for m in flow.transform.modules()
+        )
+        self.last_statistics: dict[str, float] = {}
+        self.penalised = False
         self.settings = self._settings() if self.checkpoint is not None else None
 
     @property
@@ -266,6 +273,7 @@ class _Trainer:
                 "step": self.step,
                 "total": self.total,
                 "count": self.count,
+                "penalty_total": self.penalty_total,
                 "seconds": self.seconds,
             }
             tensors["order"] = self.order
@@ -313,6 +321,7 @@ class _Trainer:
         if position is not None:
             self.epoch, self.step = position["epoch"], position["step"]
             self.total, self.count = position["total"], position["count"]
+            self.penalty_total = position.get("penalty_total", 0.0)
             self.seconds = position["seconds"]
             self.order = checkpoint.extra_tensors(tensors)["order"]
         else:
@@ -445,7 +454,7 @@ class _Trainer:
         if self.order is None:
             with interrupts.deferred():
                 self.order = torch.randperm(len(train), generator=self.generator)
-                self.step, self.total, self.count = 0, 0.0, 0
+                self.step, self.total, self.count, self.penalty_total = 0, 0.0, 0, 0.0
         while self.step < self.steps_per_epoch:
             with interrupts.deferred():
                 self._train_step()
@@ -453,7 +462,8 @@ class _Trainer:
                 bar.update()
                 if self.step % 10 == 0:
                     running = self.total / max(self.count, 1)
-                    bar.set_postfix_str(_postfix(self.epoch, running, self.history), refresh=False)
+                    postfix = _postfix(self.epoch, running, self.history, self.last_statistics)
+                    bar.set_postfix_str(postfix, refresh=False)
                 every = self.checkpoint_every
                 if every and self.global_step % every == 0 and self.step < self.steps_per_epoch:
                     self.save()
@@ -468,33 +478,46 @@ class _Trainer:
         context = None
         if train.context is not None:
             context = train.context[index].to(flow.device, flow.dtype)
+        penalty = None
         if self.workers is None:
             loss = -self.model(x, context).mean()
-            value = loss.item()
+            value = loss.item()  # the NLL, whatever the penalty
+            penalty = flow.penalty() if self.reporting else None
+            loss = loss if penalty is None else loss + penalty
         else:
-            loss, value = self._shard_loss(x, context)
+            loss, value, penalty = self._shard_loss(x, context)
         if self.monitor.check(value):
             if self.global_step % SNAPSHOT_EVERY == 0:
                 self.rollback.keep(self.global_step)  # the weights whose loss was just good
             gradient_step(self.optimizer, loss, self.clip)
             self.total += value * len(index)
             self.count += len(index)
+            self.penalised = penalty is not None
+            if penalty is not None:
+                self.penalty_total += penalty.item() * len(index)
+            if self.reporting:  # after the backward pass, whose evaluations it counts
+                self.last_statistics = flow.statistics()
         else:
             self._bad_step(value)
         if self.schedule == "cosine":
             self.scheduler.step()
         self.step += 1
 
-    def _shard_loss(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, float]:
+    def _shard_loss(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, float, Tensor | None]:
         """This rank's loss, scaled so that DDP's gradient average is the global batch's,
-        and the global batch's mean NLL (`flowforge.training.distributed`)."""
+        the global batch's mean NLL (`flowforge.training.distributed`), and this rank's
+        penalty (a regularised continuous flow's), or None."""
         parallel.initialize(self.flow, x, context)  # data-dependent layers, alike everywhere
         part = self.workers.shard(len(x))
         nll = -self.model(x[part], None if context is None else context[part]).sum()
+        loss = nll
+        penalty = self.flow.penalty() if self.reporting and part.stop > part.start else None
+        if penalty is not None:  # a batch mean: weighted by the part's share
+            loss = loss + penalty * (part.stop - part.start)
         if part.stop == part.start:  # nothing here: a zero that still reaches every parameter
-            nll = nll + sum(p.sum() for p in self.flow.parameters()) * 0.0
+            loss = loss + sum(p.sum() for p in self.flow.parameters()) * 0.0
         (total,) = self.workers.all_sum(nll.item())
-        return nll * (self.workers.world_size / len(x)), total / len(x)
+        return loss * (self.workers.world_size / len(x)), total / len(x), penalty
 
     def _say(self, message: str) -> None:
         """A line on stderr, from rank 0 only."""
@@ -514,6 +537,10 @@ class _Trainer:
         }
         if train.discrete and record["train_nll"] is not None:
             record["train_bpd"] = train.bits_per_dim(record["train_nll"])
+        if self.reporting and self.count:  # the last step's solves; the epoch's penalty
+            record.update(self.last_statistics)
+            if self.penalised:
+                record["penalty"] = self.penalty_total / self.count
         improved = False
         if val is not None:
             report = evaluate(flow, val, seed=1, workers=self.workers)
@@ -538,7 +565,7 @@ class _Trainer:
         if self.callback is not None:
             self.callback(record)
         self.epoch, self.step, self.order = self.epoch + 1, 0, None
-        self.total, self.count, self.seconds = 0.0, 0, 0.0
+        self.total, self.count, self.seconds, self.penalty_total = 0.0, 0, 0.0, 0.0
         self.save()
         self._write_metrics()
         patience, best = self.patience, self.history.best_epoch
@@ -645,8 +672,12 @@ def _copy_state(flow: Flow) -> dict[str, Tensor]:
     return {k: v.detach().clone() for k, v in flow.state_dict().items()}
 
 
-def _postfix(epoch: int, running: float, history: History) -> str:
+def _postfix(
+    epoch: int, running: float, history: History, statistics: dict[str, float] | None = None
+) -> str:
     text = f"epoch {epoch + 1} loss {running:.4f}"
+    if statistics and "nfe_forward" in statistics:
+        text += f" nfe {statistics['nfe_forward']}/{statistics['nfe_backward']}"
     if history.epochs and history.epochs[-1]["val_nll"] is not None:
         text += f" val {history.epochs[-1]['val_nll']:.4f} best {history.best_val_nll:.4f}"
     return text
@@ -674,6 +705,8 @@ def _epoch_line(record: dict[str, Any], epochs: int, history: History) -> str:
             line += f" (best {history.best_val_nll:.4f} at {history.best_epoch})"
     if "val_bpd" in record:
         line += f"  {record['val_bpd']:.4f} bits/dim"
+    if "nfe_forward" in record:  # a continuous flow's last training step
+        line += f"  nfe {record['nfe_forward']}/{record['nfe_backward']}"
     return line + f"  lr {record['lr']:.2e}  {record['seconds']:.3g} s"
 
 

@@ -20,6 +20,8 @@ and so its log-density, does not depend on the other points of its batch.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -36,14 +38,14 @@ METHODS = {"dopri5": "Dopri5", "tsit5": "Tsit5", "heun": "Heun", "euler": "Euler
 ADAPTIVE = ("dopri5", "tsit5")  # the methods with an error estimate
 
 
-def exact_trace(
+def field_and_jacobian(
     field: nn.Module, x: Tensor, t: Tensor, context: Tensor | None
 ) -> tuple[Tensor, Tensor]:
-    r"""$v(x, t \mid c)$ and $\operatorname{tr} \partial v / \partial x$ of each row,
-    exactly: the Jacobian of every row in one vectorised reverse pass (``torch.func``).
+    r"""$v(x, t \mid c)$ and $\partial v / \partial x$ of each row, in one vectorised
+    reverse pass (``torch.func``).
 
     Shapes: ``x (batch, dim)``, ``t (batch,)``, ``context (batch, k)`` or None ->
-    ``(batch, dim)``, ``(batch,)``.
+    ``(batch, dim)``, ``(batch, dim, dim)``.
     """
 
     def one(x1: Tensor, t1: Tensor, c1: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -54,6 +56,19 @@ def exact_trace(
     jac, v = torch.func.vmap(jacobian, in_dims=(0, 0, None if context is None else 0))(
         x, t, context
     )
+    return v, jac
+
+
+def exact_trace(
+    field: nn.Module, x: Tensor, t: Tensor, context: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    r"""$v(x, t \mid c)$ and $\operatorname{tr} \partial v / \partial x$ of each row,
+    exactly (`field_and_jacobian`).
+
+    Shapes: ``x (batch, dim)``, ``t (batch,)``, ``context (batch, k)`` or None ->
+    ``(batch, dim)``, ``(batch,)``.
+    """
+    v, jac = field_and_jacobian(field, x, t, context)
     return v, jac.diagonal(dim1=-2, dim2=-1).sum(-1)
 
 
@@ -67,9 +82,17 @@ def hutchinson_trace(
     Shapes: ``x``, ``noise (batch, dim)``, ``t (batch,)``, ``context (batch, k)`` or None ->
     ``(batch, dim)``, ``(batch,)``.
     """
+    v, noise_jacobian = _field_and_noise_jacobian(field, x, t, context, noise)
+    return v, (noise_jacobian * noise).sum(-1)
+
+
+def _field_and_noise_jacobian(
+    field: nn.Module, x: Tensor, t: Tensor, context: Tensor | None, noise: Tensor
+) -> tuple[Tensor, Tensor]:
+    r"""$v$ and $\epsilon^\top \partial v / \partial x$, one vector-Jacobian product."""
     v, pullback = torch.func.vjp(lambda y: field(y, t, context), x)
     (noise_jacobian,) = pullback(noise)
-    return v, (noise_jacobian * noise).sum(-1)
+    return v, noise_jacobian
 
 
 class ContinuousFlow(Transform):
@@ -90,10 +113,25 @@ class ContinuousFlow(Transform):
             (raised to ``10 * eps`` of the input's dtype where they ask for less).
         steps: a fixed number of equal steps instead of the adaptive solve.
         max_steps: a solve that needs more steps fails with a one-line error.
+        kinetic, jacobian: weights $\lambda_K, \lambda_J$ of the regularisers of Finlay et
+            al. (2020), integrated along each trajectory by the same solve while gradients
+            are on,
+
+            $$
+            R = \lambda_K \int_0^1 \|v\|^2 dt + \lambda_J \int_0^1
+            \|\partial v / \partial x\|_F^2 dt,
+            $$
+
+            with the Frobenius norm exact (``trace="exact"``) or as $\|\epsilon^\top
+            \partial v/\partial x\|^2$ (Hutchinson's noise); they keep the field straight and
+            easy to integrate. ``penalty`` then holds $R$ averaged over the batch (a scalar
+            with gradients, which `flowforge.fit` adds to the loss), ``regularizers`` the two
+            integrals' batch means.
 
     After each call, ``nfe`` holds the vector-field evaluations of the last solve
-    (``"forward"``, the largest over the batch) and of the last backward pass through one
-    (``"backward"``).
+    (``"forward"``: the batch's, since the solver steps every sample at once) and the
+    backward passes through them since (``"backward"``); `statistics` returns them with the
+    regularisers.
 
     Shapes: ``(batch, dim)``, context ``(batch, k)`` -> ``(batch, dim)``, ``(batch,)``.
 
@@ -116,6 +154,8 @@ class ContinuousFlow(Transform):
         atol: float = 1e-5,
         steps: int | None = None,
         max_steps: int = 10_000,
+        kinetic: float = 0.0,
+        jacobian: float = 0.0,
     ) -> None:
         super().__init__()
         if trace not in ("exact", "hutchinson"):
@@ -133,6 +173,9 @@ class ContinuousFlow(Transform):
         for name, value in (("rtol", rtol), ("atol", atol)):
             if not (isinstance(value, int | float) and value > 0):
                 raise ValueError(f"{name} must be a positive number, got {value!r}")
+        for name, value in (("kinetic", kinetic), ("jacobian", jacobian)):
+            if not (isinstance(value, int | float) and value >= 0):
+                raise ValueError(f"{name} must be a number >= 0, got {value!r}")
         self.field = field
         self.trace, self.noise, self.method = trace, noise, method
         self.rtol, self.atol, self.steps, self.max_steps = (
@@ -141,26 +184,63 @@ class ContinuousFlow(Transform):
             steps,
             max_steps,
         )
+        self.kinetic, self.jacobian = float(kinetic), float(jacobian)
         self.nfe = {"forward": 0, "backward": 0}
+        self.penalty: Tensor | None = None
+        self.regularizers: dict[str, float] = {}
+
+    def statistics(self) -> dict[str, float]:
+        """What the last solve reports: ``nfe_forward``, ``nfe_backward`` and, when it was
+        regularised, ``kinetic_energy`` and ``jacobian_norm`` (batch means)."""
+        return {
+            "nfe_forward": self.nfe["forward"],
+            "nfe_backward": self.nfe["backward"],
+            **self.regularizers,
+        }
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return self._solve(x, context, start=1.0, end=0.0)
+        final = self._solve(x, context, [1.0, 0.0])[:, -1]
+        return final[:, : x.shape[1]], final[:, x.shape[1]]
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return self._solve(z, context, start=0.0, end=1.0)
+        final = self._solve(z, context, [0.0, 1.0])[:, -1]
+        return final[:, : z.shape[1]], final[:, z.shape[1]]
 
-    def _dynamics(self, context: Tensor | None, noise: Tensor | None):
-        """The augmented field $(t, [x, \\ell]) \\mapsto [v, \\operatorname{tr}]$, counting
-        its evaluations and, when it is differentiated, their backward passes."""
+    def trajectory(
+        self, z: Tensor, times: Sequence[float], context: Tensor | None = None
+    ) -> Tensor:
+        """The points $x(t)$ at ``times`` (increasing, in $[0, 1]$) of the trajectories that
+        start from ``z`` at $t = 0$, from one solve (``times[-1] = 1`` gives ``inverse``).
+
+        Shapes: ``z (batch, dim)`` -> ``(len(times), batch, dim)``.
+        """
+        times = [float(t) for t in times]
+        if not times or any(b <= a for a, b in itertools.pairwise(times)):
+            raise ValueError(f"times must increase, got {times}")
+        if times[0] < 0 or times[-1] > 1:
+            raise ValueError(f"times must lie in [0, 1], got {times}")
+        start = [] if times[0] == 0.0 else [0.0]
+        states = self._solve(z, context, start + times)[:, len(start) :, : z.shape[1]]
+        return states.transpose(0, 1)
+
+    def _dynamics(self, dim: int, context: Tensor | None, noise: Tensor | None, regularised: bool):
+        """The augmented field $(t, [x, \\ell, k, j]) \\mapsto [v, \\operatorname{tr},
+        \\|v\\|^2, \\|\\partial v/\\partial x\\|_F^2]$ (the last two when ``regularised``),
+        counting its evaluations and, when it is differentiated, their backward passes."""
 
         def dynamics(t: Tensor, state: Tensor) -> Tensor:
             self.nfe["forward"] += 1
-            x = state[:, :-1]
+            x = state[:, :dim]
             if noise is None:
-                v, trace = exact_trace(self.field, x, t, context)
+                v, jac = field_and_jacobian(self.field, x, t, context)
+                trace, square = jac.diagonal(dim1=-2, dim2=-1).sum(-1), jac.square().sum((1, 2))
             else:
-                v, trace = hutchinson_trace(self.field, x, t, context, noise)
-            derivative = torch.cat([v, trace.unsqueeze(-1)], dim=-1)
+                v, noise_jacobian = _field_and_noise_jacobian(self.field, x, t, context, noise)
+                trace, square = (noise_jacobian * noise).sum(-1), noise_jacobian.square().sum(-1)
+            parts = [v, trace.unsqueeze(-1)]
+            if regularised:
+                parts += [v.square().sum(-1, keepdim=True), square.unsqueeze(-1)]
+            derivative = torch.cat(parts, dim=-1)
             if derivative.requires_grad:
                 derivative.register_hook(self._count_backward)
             return derivative
@@ -170,26 +250,29 @@ class ContinuousFlow(Transform):
     def _count_backward(self, grad: Tensor) -> None:
         self.nfe["backward"] += 1
 
-    def _solve(
-        self, x: Tensor, context: Tensor | None, start: float, end: float
-    ) -> tuple[Tensor, Tensor]:
+    def _solve(self, x: Tensor, context: Tensor | None, times: list[float]) -> Tensor:
+        """The augmented states $[x, \\ell, \\dots]$ at ``times`` (the first is where the
+        solve starts, from ``x``): ``(batch, len(times), dim + 1 [+ 2])``."""
         import torchode
 
         batch = x.shape[0]
         context_dim = getattr(self.field, "context_dim", 0)
         if context_dim:
             context = check_context(context, batch, context_dim)
+        regularised = torch.is_grad_enabled() and (self.kinetic > 0 or self.jacobian > 0)
+        width = x.shape[1] + (3 if regularised else 1)
         if batch == 0:
-            return x, x.new_zeros(0)
+            return x.new_zeros(0, len(times), width)
         noise = None
         if self.trace == "hutchinson":  # drawn once per solve, fixed along the trajectory
             noise = torch.randn_like(x)
             if self.noise == "rademacher":
                 noise = noise.sign()
         self.nfe = {"forward": 0, "backward": 0}
-        term = torchode.ODETerm(self._dynamics(context, noise), with_stats=False)
+        dynamics = self._dynamics(x.shape[1], context, noise, regularised)
+        term = torchode.ODETerm(dynamics, with_stats=False)
         step = getattr(torchode, METHODS[self.method])(term=term)
-        t_eval = torch.tensor([start, end], dtype=x.dtype, device=x.device).expand(batch, 2)
+        t_eval = torch.tensor(times, dtype=x.dtype, device=x.device).expand(batch, len(times))
         if self.steps is None:
             floor = 10 * torch.finfo(x.dtype).eps  # what the dtype can resolve at all
             rtol, atol = max(self.rtol, floor), max(self.atol, floor)
@@ -197,14 +280,15 @@ class ContinuousFlow(Transform):
             dt0 = None
         else:
             controller = torchode.FixedStepController()
-            dt0 = torch.full((batch,), (end - start) / self.steps, dtype=x.dtype, device=x.device)
+            step_size = (times[-1] - times[0]) / self.steps
+            dt0 = torch.full((batch,), step_size, dtype=x.dtype, device=x.device)
         # the step sizes are constants to the gradient, which is then that of the grid the
         # solve chose (torchdiffeq's choice too); through the controller it would meet the
         # error norm's kink at a zero field, which the flow starts as, and turn NaN
         solver = torchode.AutoDiffAdjoint(
             step, controller, max_steps=self.max_steps, backprop_through_step_size_control=False
         )
-        initial = torch.cat([x, x.new_zeros(batch, 1)], dim=-1)
+        initial = torch.cat([x, x.new_zeros(batch, width - x.shape[1])], dim=-1)
         problem = torchode.InitialValueProblem(y0=initial, t_eval=t_eval)
         solution = solver.solve(problem, term=term, dt0=dt0)
         failed = solution.status != torchode.Status.SUCCESS.value
@@ -214,5 +298,13 @@ class ContinuousFlow(Transform):
                 f"(torchode status {int(solution.status[failed][0])}); raise max_steps "
                 f"(now {self.max_steps}) or loosen rtol/atol"
             )
-        final = solution.ys[:, -1]
-        return final[:, :-1], final[:, -1]
+        final, dim = solution.ys[:, -1], x.shape[1]
+        self.penalty, self.regularizers = None, {}
+        if regularised:  # integrals over the solve's span, whichever way it ran
+            kinetic, jacobian = final[:, dim + 1].abs(), final[:, dim + 2].abs()
+            self.penalty = self.kinetic * kinetic.mean() + self.jacobian * jacobian.mean()
+            self.regularizers = {
+                "kinetic_energy": kinetic.mean().item(),
+                "jacobian_norm": jacobian.mean().item(),
+            }
+        return solution.ys
