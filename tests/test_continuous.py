@@ -17,7 +17,7 @@ from torch import nn
 import flowforge as ff
 from flowforge.nn import TimeMLP
 from flowforge.transforms import ContinuousFlow
-from flowforge.transforms.continuous import exact_trace, hutchinson_trace
+from flowforge.transforms.continuous import SolverError, exact_trace, hutchinson_trace
 
 from cases import randomize
 
@@ -298,3 +298,31 @@ def test_the_command_line_fits_evaluates_samples_and_plots_a_cnf(tmp_path, capsy
     assert main(["plot", str(out)]) == 0
     assert (out / "plots" / "layers.png").stat().st_size > 10_000
     assert ff.load(out).transform.kinetic == 0.01
+
+
+def test_a_solve_that_fails_in_training_is_a_divergence(monkeypatch, capsys):
+    """Rolled back like a non-finite loss, then DivergenceError once the rollbacks are spent."""
+    data = ff.datasets.load("two-moons", n=1000, seed=0)
+    solve, calls = ContinuousFlow._solve, {"n": 0}
+
+    def failing_third(self, x, context, times):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise SolverError("the ODE solve failed for 1 of 100 samples (test)")
+        return solve(self, x, context, times)
+
+    monkeypatch.setattr(ContinuousFlow, "_solve", failing_third)
+    flow = ff.models.cnf(2, hidden=(8,))
+    history = ff.fit(flow, data.train, epochs=1, batch_size=100, progress=False)
+    assert [e["event"] for e in history.events].count("rollback") == 1
+    assert "the ODE solve failed (the ODE solve failed for 1 of 100" in capsys.readouterr().err
+    calls["n"] = 0
+    with pytest.raises(ff.DivergenceError, match="the ODE solve failed"):
+        ff.fit(
+            ff.models.cnf(2, hidden=(8,)),
+            data.train,
+            epochs=1,
+            batch_size=100,
+            progress=False,
+            rollbacks=0,
+        )

@@ -40,6 +40,7 @@ from flowforge.training.results import (
     evaluate,
     write_metrics,
 )
+from flowforge.transforms.continuous import SolverError
 
 SCHEDULES = ("cosine", "plateau")
 
@@ -478,15 +479,18 @@ class _Trainer:
         context = None
         if train.context is not None:
             context = train.context[index].to(flow.device, flow.dtype)
-        penalty = None
-        if self.workers is None:
-            loss = -self.model(x, context).mean()
-            value = loss.item()  # the NLL, whatever the penalty
-            penalty = flow.penalty() if self.reporting else None
-            loss = loss if penalty is None else loss + penalty
-        else:
-            loss, value, penalty = self._shard_loss(x, context)
-        if self.monitor.check(value):
+        penalty, failure = None, None
+        try:
+            if self.workers is None:
+                loss = -self.model(x, context).mean()
+                value = loss.item()  # the NLL, whatever the penalty
+                penalty = flow.penalty() if self.reporting else None
+                loss = loss if penalty is None else loss + penalty
+            else:
+                loss, value, penalty = self._shard_loss(x, context)
+        except SolverError as error:  # a field that cannot be integrated any more: diverged
+            value, failure = math.nan, f"the ODE solve failed ({error})"
+        if failure is None and self.monitor.check(value):
             if self.global_step % SNAPSHOT_EVERY == 0:
                 self.rollback.keep(self.global_step)  # the weights whose loss was just good
             gradient_step(self.optimizer, loss, self.clip)
@@ -498,7 +502,7 @@ class _Trainer:
             if self.reporting:  # after the backward pass, whose evaluations it counts
                 self.last_statistics = flow.statistics()
         else:
-            self._bad_step(value)
+            self._bad_step(value, failure)
         if self.schedule == "cosine":
             self.scheduler.step()
         self.step += 1

@@ -95,6 +95,12 @@ def _field_and_noise_jacobian(
     return v, noise_jacobian
 
 
+class SolverError(FloatingPointError):
+    """An ODE solve that could not reach its end: too many steps, a step size that
+    underflowed, or a field that became non-finite (`flowforge.fit` treats it as a
+    divergence: rollback, then `flowforge.training.DivergenceError`)."""
+
+
 class ContinuousFlow(Transform):
     r"""The time-1 map $x = \phi_1(z)$ of $dx/dt = v(x, t \mid c)$, with the log-determinant
     from the same solve (see the module's equations).
@@ -112,7 +118,7 @@ class ContinuousFlow(Transform):
         rtol, atol: the adaptive solver's tolerances, on each sample's own error norm
             (raised to ``10 * eps`` of the input's dtype where they ask for less).
         steps: a fixed number of equal steps instead of the adaptive solve.
-        max_steps: a solve that needs more steps fails with a one-line error.
+        max_steps: a solve that needs more steps fails with a one-line `SolverError`.
         kinetic, jacobian: weights $\lambda_K, \lambda_J$ of the regularisers of Finlay et
             al. (2020), integrated along each trajectory by the same solve while gradients
             are on,
@@ -293,7 +299,7 @@ class ContinuousFlow(Transform):
         solution = solver.solve(problem, term=term, dt0=dt0)
         failed = solution.status != torchode.Status.SUCCESS.value
         if bool(failed.any()):
-            raise FloatingPointError(
+            raise SolverError(
                 f"the ODE solve failed for {int(failed.sum())} of {batch} samples "
                 f"(torchode status {int(solution.status[failed][0])}); raise max_steps "
                 f"(now {self.max_steps}) or loosen rtol/atol"
