@@ -252,6 +252,21 @@ def _add_fit(commands) -> None:
         help="rollbacks to the last good state, each halving the learning rate, before a "
         "divergence stops the run (default 5)",
     )
+    options.add_argument(
+        "--objective",
+        choices=["likelihood", "flow-matching"],
+        help="what to minimise: the NLL (default) or, for --model cnf, flow matching",
+    )
+    options.add_argument(
+        "--coupling",
+        choices=["independent", "ot"],
+        help="flow matching's pairing of noise and data (default independent)",
+    )
+    options.add_argument(
+        "--sigma-min",
+        type=_number(),
+        help="flow matching's path width at the data, in [0, 1) (default 0)",
+    )
     options.add_argument("--tensorboard", help="TensorBoard log directory")
 
 
@@ -384,10 +399,12 @@ def _train(args: argparse.Namespace) -> None:
         if int(os.environ.get("RANK", "0")) != 0:
             return
         last = history.epochs[-1] if history.epochs else {}
+        loss = "flow-matching loss" if config["objective"] == "flow-matching" else "train NLL"
+        key = "train_fm_loss" if config["objective"] == "flow-matching" else "train_nll"
         print(
             f"{history.stopped} after {len(history)} epochs; best validation NLL "
-            f"{history.best_val_nll} at epoch {history.best_epoch}; last train NLL "
-            f"{last.get('train_nll')}; run written to {args.out}"
+            f"{history.best_val_nll} at epoch {history.best_epoch}; last {loss} "
+            f"{last.get(key)}; run written to {args.out}"
         )
     else:
         keys = [k for k in vi_config_keys() if hasattr(args, k)]

@@ -91,6 +91,8 @@ def plot_losses(
     panels = [("train_nll", "val_nll", "negative log-likelihood (nats)", "nats")]
     if any(entry.get(k) is not None for entry in history for k in ("train_bpd", "val_bpd")):
         panels.append(("train_bpd", "val_bpd", "bits/dim", "bits/dim"))
+    if any(entry.get("train_fm_loss") is not None for entry in history):
+        panels.append(("train_fm_loss", "val_fm_loss", "flow-matching loss (training)", ""))
     lr = _series(history, "lr")
     show_lr = np.isfinite(lr).any() and np.nanmin(lr) != np.nanmax(lr)
     count = len(panels) + show_lr

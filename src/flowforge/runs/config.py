@@ -31,6 +31,9 @@ DEFAULTS: dict[str, Any] = {
     "checkpoint_every": None,  # steps between checkpoints inside an epoch (None: epoch ends)
     "divergence_threshold": 10.0,  # a step's loss this many spreads above the running loss
     "rollbacks": 5,  # rollbacks (with a halved learning rate) before a divergence stops a run
+    "objective": "likelihood",  # or "flow-matching" (continuous flows, flowforge.training)
+    "coupling": "independent",  # flow matching's pairing of noise and data: or "ot"
+    "sigma_min": 0.0,  # flow matching's path width at the data
     "device": "cpu",
     "dtype": "float32",
     "layers": None,  # None: the model builder's default
@@ -177,6 +180,12 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
         lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
         "an integer >= 0",
     ),
+    "objective": (lambda v: v in ("likelihood", "flow-matching"), "likelihood or flow-matching"),
+    "coupling": (lambda v: v in ("independent", "ot"), "independent or ot"),
+    "sigma_min": (
+        lambda v: finite_number(v) is not None and 0 <= finite_number(v) < 1,
+        "a number in [0, 1)",
+    ),
     "device": (lambda v: isinstance(v, str), "a torch device such as cpu or cuda"),
     "dtype": (lambda v: v in ("float32", "float64"), "float32 or float64"),
     "layers": (_optional(_positive_int), "a positive integer or null"),
@@ -197,7 +206,7 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "steps": (_positive_int, "a positive integer"),
     "anneal": (_optional(lambda v: isinstance(v, int) and v >= 0), "a number of steps or null"),
 }
-FLOATS = ("lr", "weight_decay", "clip", "divergence_threshold")
+FLOATS = ("lr", "weight_decay", "clip", "divergence_threshold", "sigma_min")
 
 
 MAX_YAML_VALUES = 1_000_000  # values in a config file, counting each use of a YAML alias

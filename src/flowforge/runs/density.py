@@ -32,6 +32,7 @@ from flowforge.runs.setup import context_dim_of, load_data
 from flowforge.runtime import interrupts, limits
 from flowforge.training.distributed import launched_rank
 from flowforge.training.loop import DivergenceError, History, fit, write_metrics
+from flowforge.training.objectives import FlowMatching
 from flowforge.training.results import nll_values, report_of
 
 # What a resumed run must share with the run it continues: they change the model, the data
@@ -51,6 +52,9 @@ FIXED_ON_RESUME = (
     "model_args",
     "weight_decay",
     "schedule",
+    "objective",
+    "coupling",
+    "sigma_min",
 )
 
 
@@ -98,6 +102,7 @@ def fit_run(
             metrics=out / METRICS_FILE,
             divergence_threshold=config["divergence_threshold"],
             rollbacks=config["rollbacks"],
+            objective=_objective(config),
             device=config["device"],
             dtype=getattr(torch, config["dtype"]),
             seed=config["seed"],
@@ -125,6 +130,13 @@ def fit_run(
             stop.saved = f"model saved, plots skipped (draw them with: flowforge plot {out})"
             raise
     return flow, history
+
+
+def _objective(config: Mapping[str, Any]) -> str | FlowMatching:
+    """The training objective of a run's config."""
+    if config["objective"] == "flow-matching":
+        return FlowMatching(coupling=config["coupling"], sigma_min=config["sigma_min"])
+    return config["objective"]
 
 
 def _check_resume(config: Mapping[str, Any], out: Path) -> None:

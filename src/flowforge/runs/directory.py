@@ -133,6 +133,7 @@ _NUMERIC_METRICS = (
     "epoch",
     "step",
     "train_nll",
+    "train_fm_loss",
     "val_nll",
     "train_bpd",
     "val_bpd",

@@ -1,7 +1,9 @@
-"""Training by maximum likelihood: `fit()`, its results, checkpoints and divergence guard."""
+"""Training: `fit()` by maximum likelihood or flow matching, its results, checkpoints and
+divergence guard."""
 
 from flowforge.training.divergence import DivergenceError
 from flowforge.training.loop import fit
+from flowforge.training.objectives import FlowMatching, Likelihood, Objective
 from flowforge.training.results import (
     History,
     Report,
@@ -13,7 +15,10 @@ from flowforge.training.results import (
 
 __all__ = [
     "DivergenceError",
+    "FlowMatching",
     "History",
+    "Likelihood",
+    "Objective",
     "Report",
     "as_split",
     "evaluate",

@@ -23,7 +23,7 @@ from flowforge.datasets.base import Split
 from flowforge.flows.flow import Flow
 from flowforge.runtime import devices, interrupts
 from flowforge.runtime.extras import MissingExtraError
-from flowforge.training import checkpoint
+from flowforge.training import checkpoint, objectives
 from flowforge.training import distributed as parallel
 from flowforge.training.checkpoint import CHECKPOINT, fingerprint
 from flowforge.training.divergence import (
@@ -33,6 +33,7 @@ from flowforge.training.divergence import (
     finite_parameters,
     scale_learning_rate,
 )
+from flowforge.training.objectives import Objective
 from flowforge.training.results import (
     History,
     _check_data,
@@ -71,6 +72,7 @@ def fit(
     seed: int | None = 0,
     callback: Callable[[dict[str, Any]], None] | None = None,
     distributed: bool | None = None,
+    objective: str | Objective = "likelihood",
 ) -> History:
     r"""Fit ``flow`` to ``train`` by maximum likelihood with Adam (AdamW with ``weight_decay``).
 
@@ -127,6 +129,11 @@ def fit(
             between the ranks, the validation sums are all-reduced, and only rank 0 writes
             checkpoints, metrics, TensorBoard logs and the progress bar; the result equals
             the one-process run's up to the order of floating-point sums.
+        objective: what to minimise (`flowforge.training.objectives`): ``"likelihood"``
+            (the default: the NLL, recorded as ``train_nll``) or ``"flow-matching"``
+            (continuous flows: conditional flow matching, recorded as ``train_fm_loss``;
+            ``FlowMatching(coupling="ot", sigma_min=...)`` for its options). The validation
+            NLL is the exact one whatever the objective.
 
     Returns:
         The `History`. A validation NLL that is not finite is recorded as ``None`` and
@@ -142,8 +149,15 @@ def fit(
     _check_safety(checkpoint_every, divergence_threshold, rollbacks)
     if resume and checkpoint is None:
         raise ValueError("resume=True needs checkpoint=, the directory to resume from; got None")
+    objective = objectives.get(objective)
+    objective.check(flow)
     target = devices.resolve(device, default=str(flow.device))
     workers = parallel.setup(distributed, target)
+    if workers is not None and not isinstance(objective, objectives.Likelihood):
+        raise ValueError(
+            f"objective {objective.name!r} trains on one process; data-parallel training "
+            "supports objective='likelihood' only"
+        )
     if workers is not None:
         target = parallel.device_for(target)
     flow.to(device=target, dtype=dtype or flow.dtype)
@@ -172,6 +186,7 @@ def fit(
         rollbacks=rollbacks,
         callback=callback,
         workers=workers,
+        objective=objective,
     )
     if resume and (trainer.checkpoint / CHECKPOINT).exists():
         trainer.resume()
@@ -191,6 +206,7 @@ REFUSED_ON_RESUME = (
     "schedule",
     "seed",
     "dtype",
+    "objective",
 )
 
 
@@ -218,7 +234,7 @@ class _Trainer:
         self.total, self.count, self.seconds = 0.0, 0, 0.0  # the epoch's running sums
         self.penalty_total = 0.0  # of the layers' penalties (regularised continuous flows)
         # layers that report statistics (evaluations of an ODE solve) or add a penalty
-        self.reporting = any(
+        self.reporting = self.objective.solves and any(
             callable(getattr(m, "statistics", None)) for m in flow.transform.modules()
         )
         self.last_statistics: dict[str, float] = {}
@@ -257,6 +273,7 @@ class _Trainer:
             "lr": self.lr,
             "clip": self.clip,
             "patience": self.patience,
+            "objective": self.objective.describe(),
         }
 
     def save(self) -> None:
@@ -482,8 +499,9 @@ class _Trainer:
         penalty, failure = None, None
         try:
             if self.workers is None:
-                loss = -self.model(x, context).mean()
-                value = loss.item()  # the NLL, whatever the penalty
+                losses = self.objective.losses(self.model, flow, x, context, self.generator)
+                loss = losses.mean()
+                value = loss.item()  # the objective's loss, whatever the penalty
                 penalty = flow.penalty() if self.reporting else None
                 loss = loss if penalty is None else loss + penalty
             else:
@@ -534,11 +552,12 @@ class _Trainer:
             self._bad_step(math.nan, "the weights became non-finite")
         record: dict[str, Any] = {
             "epoch": self.epoch + 1,
-            "train_nll": self.total / self.count if self.count else None,
+            "train_nll": None,
             "val_nll": None,
             "lr": self.optimizer.param_groups[0]["lr"],
             "seconds": round(seconds, 3),
         }
+        record[self.objective.record] = self.total / self.count if self.count else None
         if train.discrete and record["train_nll"] is not None:
             record["train_bpd"] = train.bits_per_dim(record["train_nll"])
         if self.reporting and self.count:  # the last step's solves; the epoch's penalty
@@ -563,7 +582,8 @@ class _Trainer:
                 self.scheduler.step(report.nll if math.isfinite(report.nll) else math.inf)
         self.history.epochs.append(record)
         _log(writer, record)
-        bar.set_postfix_str(_postfix(self.epoch, record["train_nll"] or math.nan, self.history))
+        running = record[self.objective.record]
+        bar.set_postfix_str(_postfix(self.epoch, running or math.nan, self.history))
         if self.epoch_lines:
             print(_epoch_line(record, self.epochs, self.history), file=sys.stderr, flush=True)
         if self.callback is not None:
@@ -702,7 +722,10 @@ def _epoch_line(record: dict[str, Any], epochs: int, history: History) -> str:
     def number(value: Any) -> str:
         return "n/a" if value is None else f"{value:.4f}"
 
-    line = f"epoch {record['epoch']}/{epochs}  train {number(record['train_nll'])}"
+    if record.get("train_nll") is None and record.get("train_fm_loss") is not None:
+        line = f"epoch {record['epoch']}/{epochs}  fm loss {record['train_fm_loss']:.4f}"
+    else:
+        line = f"epoch {record['epoch']}/{epochs}  train {number(record['train_nll'])}"
     if "val_nll" in record and (record["val_nll"] is not None or "val_nll_not_finite" in record):
         line += f"  val {number(record['val_nll'])}"
         if history.best_epoch is not None:

@@ -1,0 +1,166 @@
+r"""Training objectives: what `flowforge.fit` minimises, each a small named piece of its loop.
+
+An objective turns a batch into per-sample losses. The loop draws the batch, asks the
+objective for the losses, averages them, steps the optimiser, and records the mean under the
+objective's ``record`` name; checkpoints, resume, rollback and progress are the loop's.
+
+- `Likelihood` (``"likelihood"``): $-\log q(x \mid c)$, the negative log-likelihood.
+- `FlowMatching` (``"flow-matching"``): conditional flow matching (Lipman et al. 2023) on the
+  linear path, for continuous flows: with $x_0$ from the base, $x_1$ the data and
+  $t \sim U(0, 1)$,
+
+  $$
+  x_t = (1 - (1 - \sigma_{\min}) t)\, x_0 + t\, x_1, \qquad
+  u_t = x_1 - (1 - \sigma_{\min})\, x_0, \qquad
+  \ell = \| v_\theta(x_t, t \mid c) - u_t \|^2,
+  $$
+
+  with $x_0$ and $x_1$ paired independently or by minibatch optimal transport (Tong et al.
+  2024): the pairing of the batch that minimises $\sum_i \|x_0^{(i)} - x_1^{(\pi(i))}\|^2$,
+  exactly, by ``scipy.optimize.linear_sum_assignment``. No ODE is solved in training.
+
+Examples:
+    >>> objective = get("flow-matching", coupling="ot")
+    >>> objective.record
+    'train_fm_loss'
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Literal
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor, nn
+
+from flowforge.flows.distributions import StandardNormal
+from flowforge.flows.flow import Flow
+from flowforge.transforms.continuous import ContinuousFlow
+
+Coupling = Literal["independent", "ot"]
+
+
+class Objective(ABC):
+    """What `flowforge.fit` minimises: per-sample losses of a batch.
+
+    ``record`` names the epoch's mean training loss in the metrics (``"train_nll"`` for the
+    likelihood); ``solves`` says whether its losses run the flow's transform (so that the
+    layers' statistics and penalties belong to the step); ``check`` refuses, in one line, a
+    flow the objective cannot train.
+    """
+
+    name: str
+    record: str
+    solves: bool = True
+
+    def describe(self) -> dict[str, object]:
+        """The name and options, as a checkpoint records them (a resume must not change
+        them)."""
+        return {"name": self.name, **vars(self)}  # the options an instance was given
+
+    def check(self, flow: Flow) -> None:  # noqa: B027 - most objectives train any flow
+        """Raise a one-line ValueError if ``flow`` cannot be trained by this objective."""
+
+    @abstractmethod
+    def losses(
+        self, model: nn.Module, flow: Flow, x: Tensor, context: Tensor | None, generator
+    ) -> Tensor:
+        """The per-sample losses ``(batch,)`` of ``x`` ``(batch, *event_shape)``; ``model``
+        is ``flow`` or its data-parallel wrapper, whose call is ``flow.log_prob``; random
+        draws come from ``generator`` (a CPU ``torch.Generator``), so that a resumed run
+        draws what the uninterrupted one did."""
+
+
+class Likelihood(Objective):
+    r"""Maximum likelihood: the loss of a sample is $-\log q(x \mid c)$."""
+
+    name, record = "likelihood", "train_nll"
+
+    def losses(
+        self, model: nn.Module, flow: Flow, x: Tensor, context: Tensor | None, generator
+    ) -> Tensor:
+        return -model(x, context)
+
+
+class FlowMatching(Objective):
+    r"""Conditional flow matching on the linear path (see the module's equations).
+
+    Args:
+        coupling: ``"independent"`` (I-CFM) or ``"ot"`` (exact minibatch optimal transport,
+            OT-CFM; the assignment costs O(batch^3): 10 ms for 200 points on a CPU core).
+        sigma_min: the width $\sigma_{\min}$ of the path's end at the data (0: straight
+            lines from noise to data).
+
+    Needs a continuous flow (``ff.models.cnf``) on the standard normal base.
+    """
+
+    name, record, solves = "flow-matching", "train_fm_loss", False
+
+    def __init__(self, coupling: Coupling = "independent", sigma_min: float = 0.0) -> None:
+        if coupling not in ("independent", "ot"):
+            raise ValueError(f"coupling must be 'independent' or 'ot', got {coupling!r}")
+        if not (isinstance(sigma_min, int | float) and 0 <= sigma_min < 1):
+            raise ValueError(f"sigma_min must be a number in [0, 1), got {sigma_min!r}")
+        self.coupling, self.sigma_min = coupling, float(sigma_min)
+
+    def check(self, flow: Flow) -> None:
+        if not isinstance(flow.transform, ContinuousFlow):
+            raise ValueError(
+                "objective 'flow-matching' trains continuous flows (ff.models.cnf), got a "
+                f"{type(flow.transform).__name__}; use objective='likelihood'"
+            )
+        if not isinstance(flow.base, StandardNormal):
+            raise ValueError(
+                "objective 'flow-matching' needs the standard normal base (base='normal'), "
+                f"got {type(flow.base).__name__}"
+            )
+
+    def losses(
+        self, model: nn.Module, flow: Flow, x: Tensor, context: Tensor | None, generator
+    ) -> Tensor:
+        noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+        t = torch.rand(x.shape[0], generator=generator, dtype=x.dtype).to(x.device)
+        if self.coupling == "ot":
+            noise = noise[ot_pairing(noise, x)]
+        shrink = 1 - self.sigma_min
+        x_t = (1 - shrink * t[:, None]) * noise + t[:, None] * x
+        target = x - shrink * noise
+        inner = None if context is None else flow._embed(context)
+        velocity = flow.transform.field(x_t, t, inner)
+        return (velocity - target).square().sum(-1)
+
+
+def ot_pairing(source: Tensor, target: Tensor) -> Tensor:
+    r"""The permutation $\pi$ that minimises $\sum_i \|s_{\pi(i)} - t_i\|^2$ over the
+    pairings of two equal batches: ``source[pi]`` is then paired with ``target`` row by row
+    (exact, by ``scipy.optimize.linear_sum_assignment``).
+
+    Shapes: ``(n, dim)``, ``(n, dim)`` -> ``(n,)`` indices.
+    """
+    if source.shape != target.shape:
+        raise ValueError(
+            f"an exact pairing needs batches of one shape, got {tuple(source.shape)} and "
+            f"{tuple(target.shape)}"
+        )
+    cost = torch.cdist(target.detach().double().cpu(), source.detach().double().cpu()) ** 2
+    rows, columns = linear_sum_assignment(cost.numpy())
+    order = np.empty_like(columns)
+    order[rows] = columns
+    return torch.from_numpy(order).to(source.device)
+
+
+OBJECTIVES = {"likelihood": Likelihood, "flow-matching": FlowMatching}
+
+
+def get(objective: str | Objective, **options: object) -> Objective:
+    """An objective from its name (``"likelihood"``, ``"flow-matching"``) and options, or
+    ``objective`` itself."""
+    if isinstance(objective, Objective):
+        if options:
+            raise ValueError("options go to the objective's constructor, not beside it")
+        return objective
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; expected one of {sorted(OBJECTIVES)}")
+    return OBJECTIVES[objective](**options)

@@ -1,0 +1,194 @@
+"""Flow matching (`flowforge.training.objectives`): the loss is the conditional one whose
+minimum is known for a Gaussian, the optimal-transport pairing is the brute-force optimum,
+training reaches the minimum and the exact density, a conditional model recovers a
+conjugate posterior, and a resumed run is bit-identical to an uninterrupted one."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import flowforge as ff
+from flowforge.flows.distributions import StandardNormal
+from flowforge.inference.simulators import LinearGaussian
+from flowforge.training.objectives import FlowMatching, ot_pairing
+from flowforge.transforms import ContinuousFlow
+
+MEAN, SCALE = torch.tensor([1.0, -2.0], dtype=torch.float64), 0.5
+
+
+def minimum(dim: int, scale: float) -> float:
+    r"""The smallest conditional flow-matching loss from N(0, I) to N(mu, s^2 I) on the
+    straight path (sigma_min = 0): E_t[Var(u | x_t)] summed over dimensions, where per
+    dimension Var(u | x_t) = s^2 / ((1 - t)^2 + t^2 s^2), whose mean over t ~ U(0, 1) is
+    s pi / 2."""
+    return dim * scale * math.pi / 2
+
+
+class OptimalField(nn.Module):
+    """The marginal field E[u | x_t = x] of that problem: mu + c(t) (x - t mu) with
+    c(t) = (t s^2 - (1 - t)) / ((1 - t)^2 + t^2 s^2)."""
+
+    def __init__(self, shift: float = 0.0) -> None:
+        super().__init__()
+        self.shift = shift
+        self.unused = nn.Parameter(torch.zeros(()))  # a module with a parameter, as fit wants
+
+    def forward(self, x, t, context=None):
+        t = t.to(x.dtype)[:, None]
+        slope = (t * SCALE**2 - (1 - t)) / ((1 - t) ** 2 + t**2 * SCALE**2)
+        return MEAN + slope * (x - t * MEAN) + self.shift
+
+
+def gaussian(n: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return MEAN + SCALE * torch.randn(n, 2, generator=generator, dtype=torch.float64)
+
+
+def field_flow(field: nn.Module) -> ff.Flow:
+    return ff.Flow(ContinuousFlow(field), StandardNormal(2)).double()
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.3])
+def test_the_loss_of_the_optimal_field_is_the_known_minimum(shift):
+    """At the marginal field the loss is the minimum; a field off by a constant c pays
+    |c|^2 more per sample, so the loss can tell the optimum from its neighbours."""
+    flow = field_flow(OptimalField(shift))
+    x = gaussian(400_000, seed=1)
+    losses = FlowMatching().losses(flow, flow, x, None, torch.Generator().manual_seed(2))
+    expected = minimum(2, SCALE) + 2 * shift**2
+    error = losses.mean().item() - expected
+    assert abs(error) < 4 * losses.std().item() / math.sqrt(len(losses)), error
+
+
+def test_the_ot_pairing_is_the_brute_force_optimum():
+    generator = torch.Generator().manual_seed(0)
+    for n in (2, 5, 6):
+        source, target = (
+            torch.randn(n, 3, generator=generator),
+            torch.randn(n, 3, generator=generator),
+        )
+        order = ot_pairing(source, target)
+        cost = (source[order] - target).square().sum().item()
+        best = min(
+            (source[list(p)] - target).square().sum().item()
+            for p in itertools.permutations(range(n))
+        )
+        assert cost == pytest.approx(best, rel=1e-12)
+        assert sorted(order.tolist()) == list(range(n))
+    with pytest.raises(ValueError, match=r"batches of one shape, got \(3, 2\) and \(4, 2\)"):
+        ot_pairing(torch.zeros(3, 2), torch.zeros(4, 2))
+
+
+@pytest.mark.parametrize("coupling", ["independent", "ot"])
+def test_training_reaches_the_minimum_and_the_exact_density(coupling):
+    torch.manual_seed(0)
+    flow = ff.models.cnf(2, hidden=(32, 32)).double()
+    train, test = gaussian(4000, seed=3), gaussian(4000, seed=4)
+    objective = FlowMatching(coupling=coupling)
+    epochs = 60 if coupling == "independent" else 20  # an OT pairing of 200: 10 ms
+    history = ff.fit(
+        flow, train, epochs=epochs, batch_size=200, lr=3e-3, progress=False, objective=objective
+    )
+    assert history.epochs[-1]["train_nll"] is None
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():  # in batches of the training's size, as OT pairs them (n^3 cost)
+        loss = torch.cat(
+            [objective.losses(flow, flow, b, None, generator) for b in test.split(200)]
+        )
+        loss = loss.mean()
+        nll = -flow.log_prob(test).mean().item()
+    entropy = 2 * (0.5 * math.log(2 * math.pi * math.e) + math.log(SCALE))
+    if coupling == "independent":  # the minimum of the independent coupling's loss
+        assert loss.item() < 1.1 * minimum(2, SCALE), loss.item()  # measured 1.08
+        assert abs(nll - entropy) < 0.05, (nll, entropy)
+    else:  # OT pairs noise with near data: nearly straight, far below independent's minimum
+        assert loss.item() < 0.3 * minimum(2, SCALE), loss.item()
+        assert abs(nll - entropy) < 0.1, (nll, entropy)  # measured 0.063 at this budget
+
+
+def test_a_conditional_cnf_trained_by_flow_matching_recovers_a_conjugate_posterior():
+    simulator = LinearGaussian(theta_dim=2, x_dim=2, noise=0.5, seed=0)
+    theta, x = simulator.sample_joint(8000, seed=0)
+    torch.manual_seed(0)
+    flow = ff.models.cnf(2, hidden=(64, 64), context_dim=2)
+    split = ff.datasets.Split(theta, context=x)
+    ff.fit(
+        flow, split, epochs=25, batch_size=256, lr=3e-3, progress=False, objective="flow-matching"
+    )
+    observed = torch.tensor([[0.8, -0.4]])
+    mean, covariance = simulator.posterior(observed)
+    draws = flow.sample(4000, context=observed)[:, 0]
+    scale = covariance.diagonal().sqrt()  # the same for every observation
+    assert ((draws.mean(0) - mean[0]).abs() / scale).max() < 0.15
+    assert ((draws.T.cov().diagonal().sqrt() - scale).abs() / scale).max() < 0.15
+
+
+def test_a_resumed_flow_matching_run_is_bit_identical(tmp_path):
+    train = gaussian(600, seed=6).float()
+    options = dict(
+        batch_size=100,
+        lr=1e-2,
+        schedule=None,
+        progress=False,
+        objective=FlowMatching(coupling="ot"),
+    )
+    torch.manual_seed(0)
+    whole = ff.models.cnf(2, hidden=(8,))
+    ff.fit(whole, train, epochs=2, **options)
+    torch.manual_seed(0)
+    parts = ff.models.cnf(2, hidden=(8,))
+    ff.fit(parts, train, epochs=1, checkpoint=tmp_path, **options)
+    torch.manual_seed(0)
+    resumed = ff.models.cnf(2, hidden=(8,))
+    history = ff.fit(resumed, train, epochs=2, checkpoint=tmp_path, resume=True, **options)
+    assert any(e["event"] == "resumed" for e in history.events)
+    for a, b in zip(whole.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="objective"):  # a resume may not change it
+        ff.fit(
+            resumed,
+            train,
+            epochs=3,
+            checkpoint=tmp_path,
+            resume=True,
+            **{**options, "objective": "likelihood"},
+        )
+
+
+def test_flow_matching_refuses_what_it_cannot_train():
+    train = torch.randn(100, 2)
+    with pytest.raises(ValueError, match="objective 'flow-matching' trains continuous flows"):
+        ff.fit(ff.models.realnvp(2, layers=2), train, epochs=1, objective="flow-matching")
+    with pytest.raises(ValueError, match="needs the standard normal base"):
+        ff.fit(ff.models.cnf(2, base="diag-normal"), train, epochs=1, objective="flow-matching")
+    with pytest.raises(ValueError, match="unknown objective 'matching'"):
+        ff.fit(ff.models.cnf(2), train, epochs=1, objective="matching")
+    with pytest.raises(ValueError, match="coupling must be 'independent' or 'ot', got 'sinkhorn'"):
+        FlowMatching(coupling="sinkhorn")
+    with pytest.raises(ValueError, match=r"sigma_min must be a number in \[0, 1\), got 1.5"):
+        FlowMatching(sigma_min=1.5)
+
+
+def test_the_command_line_trains_a_cnf_by_flow_matching(tmp_path, capsys):
+    from flowforge.cli import main
+
+    out = tmp_path / "run"
+    args = ["fit", "--data", "two-moons", "--model", "cnf", "--hidden", "16", "--out", str(out)]
+    args += ["--n-samples", "1000", "--epochs", "2", "--objective", "flow-matching"]
+    assert main([*args, "--coupling", "ot", "--sigma-min", "0.01"]) == 0
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert lines[0].startswith("epoch 1/2  fm loss ") and " nfe " not in lines[0]
+    assert "last flow-matching loss" in captured.out
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["train_nll"] is None and r["train_fm_loss"] > 0 for r in records)
+    assert main(["eval", str(out)]) == 0 and main(["plot", str(out)]) == 0
+    assert (out / "plots" / "loss.png").stat().st_size > 10_000
+    refused = [*args, "--coupling", "independent", "--resume"]  # a resume keeps the pairing
+    assert main(refused) == 2 and "--coupling 'ot' -> 'independent'" in capsys.readouterr().err
