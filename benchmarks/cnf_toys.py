@@ -2,7 +2,7 @@
 zuko's, at the same network size and the same wall-clock budget, interleaved in one run.
 
     python -m benchmarks.cnf_toys [--data two-moons 8gaussians checkerboard] [--minutes 6]
-        [--threads 1] [--batch-size 256] [--lr 1e-3]
+        [--threads 1] [--batch-size 256] [--lr 1e-3] [--table]
 
 For each toy (20,000 points: 16,000 to train, 2,000 to test, fixed by seed 0), both models
 train by the plain Adam loop of zuko's documentation (``loss = -log q(x)``, one optimiser
@@ -17,7 +17,9 @@ Models: flowforge's ``models.cnf(2, hidden=(64, 64, 64))`` (tanh, time read by e
 dopri5 at rtol = atol = 1e-5 on each sample's error) and zuko 1.6's
 ``zuko.flows.CNF(2, hidden_features=(64, 64, 64))`` (ELU, six time frequencies at the input,
 its own Dormand-Prince at rtol 1e-5, atol 1e-6 on the batch's error, adjoint gradients).
-Rows are appended to ``--out`` (``benchmarks/cnf_toys.json``) as each toy finishes.
+``--models flowforge-fm flowforge-fm-ot`` adds the same flowforge model trained by flow
+matching (``flowforge.training.FlowMatching``, independent or OT pairing; no solve in
+training). Rows are appended to ``--out`` (``benchmarks/cnf_toys.json``) as each toy finishes.
 """
 
 from __future__ import annotations
@@ -44,9 +46,13 @@ class Model:
     def __init__(self, library: str, seed: int) -> None:
         torch.manual_seed(seed)
         self.library = library
-        if library == "flowforge":
+        self.objective = None  # the likelihood
+        if library.startswith("flowforge"):
             self.flow = ff.models.cnf(2, hidden=HIDDEN)
             self.field = self.flow.transform.field
+            if library != "flowforge":  # flowforge-fm, flowforge-fm-ot: flow matching
+                coupling = "ot" if library.endswith("-ot") else "independent"
+                self.objective = ff.training.FlowMatching(coupling=coupling)
         else:
             import zuko
 
@@ -62,7 +68,7 @@ class Model:
         self.calls += 1
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        if self.library == "flowforge":
+        if self.library.startswith("flowforge"):
             return self.flow.log_prob(x)
         return self.flow().log_prob(x)
 
@@ -71,7 +77,11 @@ class Model:
         started = time.perf_counter()
         while time.perf_counter() - started < seconds:
             index = torch.randint(len(data), (batch_size,), generator=generator)
-            loss = -self.log_prob(data[index]).mean()
+            if self.objective is None:
+                loss = -self.log_prob(data[index]).mean()
+            else:
+                batch = data[index]
+                loss = self.objective.losses(self.flow, self.flow, batch, None, generator).mean()
             self.optimizer.zero_grad()
             loss.backward()
             self.optimizer.step()
@@ -102,15 +112,44 @@ class Model:
         }
 
 
+def table(results: dict) -> str:
+    """The rows of ``results`` as the Markdown table of the docs' results page."""
+    lines = [
+        "| data | library | steps | test NLL | s.e. | NLL - H(p) | 10k log_prob (s) | NFE |"
+        " batch change (nats) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results["rows"]:
+        lines.append(
+            f"| {r['data']} | {r['library']} | {r['steps']} | {r['test_nll']:.3f} | "
+            f"{r['se']:.3f} | {r['gap']:.3f} | {r['log_prob_10k_s']:.2f} | {r['nfe_10k']} | "
+            f"{r['batch_change']:.1e} |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", nargs="+", default=["two-moons", "8gaussians", "checkerboard"])
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=["flowforge", "zuko"],
+        choices=["flowforge", "flowforge-fm", "flowforge-fm-ot", "zuko"],
+        help="flowforge: likelihood; flowforge-fm(-ot): flow matching (independent / OT)",
+    )
     parser.add_argument("--minutes", type=float, default=6.0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument(
+        "--table", action="store_true", help="print the table of --out; train nothing"
+    )
     args = parser.parse_args(argv)
+    if args.table:
+        print(table(json.loads(args.out.read_text())))
+        return
     torch.set_num_threads(args.threads)
     results = json.loads(args.out.read_text()) if args.out.exists() else {"rows": []}
     results.update(
@@ -119,10 +158,18 @@ def main(argv: list[str] | None = None) -> None:
         threads=args.threads,
         torch=torch.__version__,
     )
+    libraries = [m for m in args.models if m != "zuko"]
+    if "zuko" in args.models:
+        try:
+            import zuko  # noqa: F401
+
+            libraries.append("zuko")
+        except ImportError:
+            print("- zuko: not installed, skipped (pip install -e '.[bench]')")
     for name in args.data:
         data = ff.datasets.load(name, n=20_000, seed=0)
         train, test = data.train.x, data.test.x
-        models = [Model("flowforge", 0), Model("zuko", 0)]
+        models = [Model(library, 0) for library in libraries]
         for model in models:
             for group in model.optimizer.param_groups:
                 group["lr"] = args.lr

@@ -19,6 +19,7 @@ from flowforge import __version__
 from flowforge.flows import models
 from flowforge.nn.made import MADE
 from flowforge.nn.mlp import MLP, ConvResNet
+from flowforge.nn.velocity import TimeMLP
 from flowforge.runtime import interrupts
 from flowforge.runtime.files import one_line
 from flowforge.training.loop import DivergenceError
@@ -57,8 +58,9 @@ def demo(seed: int = 0) -> None:
         start = time.perf_counter()
         flow = models.MODELS[name](**kwargs)
         for module in flow.modules():
-            if isinstance(module, MLP | ConvResNet | MADE):
-                last = module.output if isinstance(module, MADE) else module[-1]
+            if isinstance(module, MLP | ConvResNet | MADE | TimeMLP):
+                last = {MADE: "output", TimeMLP: "out"}.get(type(module))
+                last = module[-1] if last is None else getattr(module, last)
                 torch.nn.init.normal_(last.weight, std=0.05 if name != "glow" else 0.01)
         shape = tuple(flow.event_shape)
         # Image models take pixels in [0, 1]; vector models any real vector.
