@@ -71,6 +71,18 @@ def measure(log_prob, probes: torch.Tensor, crowd_size: int, seed: int) -> dict[
     return changes
 
 
+def table(result: dict) -> str:
+    """The rows of ``result`` as the Markdown table of the docs' results page."""
+    names = list(crowds(1, 0))
+    lines = [
+        "| library | " + " | ".join(f"among {name} points" for name in names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for row in result["rows"]:
+        lines.append(f"| {row['library']} | " + " | ".join(f"{row[n]:.1e}" for n in names) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--probes", type=int, default=32)

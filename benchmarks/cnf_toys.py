@@ -117,7 +117,7 @@ def table(results: dict) -> str:
     lines = [
         "| data | library | steps | test NLL | s.e. | NLL - H(p) | 10k log_prob (s) | NFE |"
         " batch change (nats) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["rows"]:
         lines.append(

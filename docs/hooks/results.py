@@ -27,7 +27,10 @@ The tables (``NAME``: what makes it, and the JSON it reads):
   defaults (what ``python -m benchmarks.scale_bound --report`` prints),
   ``benchmarks/scale_bound.json``;
 - ``kill-campaign``: the table that ``experiments/kill_campaign.py`` writes,
-  ``experiments/kill_campaign/results.json``.
+  ``experiments/kill_campaign/results.json``;
+- ``cnf-toys`` and ``cnf-batch``: ``benchmarks.cnf_toys.table`` and
+  ``benchmarks.cnf_batch.table``, ``benchmarks/cnf_toys.json`` and
+  ``benchmarks/cnf_batch.json``.
 
 An unknown name, a missing JSON file, a malformed marker or a renderer that fails raises
 :class:`TableError`, naming the page and the marker, which stops ``mkdocs build``.
@@ -142,7 +145,17 @@ def kill_campaign(path: Path) -> str:
     )
 
 
+def cnf_toys(path: Path) -> str:
+    return _module("cnf_toys").table(_load(path))
+
+
+def cnf_batch(path: Path) -> str:
+    return _module("cnf_batch").table(_load(path))
+
+
 TABLES: dict[str, Callable[[Path], str]] = {
+    "cnf-toys": cnf_toys,
+    "cnf-batch": cnf_batch,
     "speed": speed,
     "floor": floor,
     "fused": fused,

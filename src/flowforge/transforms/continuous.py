@@ -115,13 +115,14 @@ class ContinuousFlow(Transform):
             ``"gaussian"``.
         method: ``"dopri5"`` or ``"tsit5"`` (adaptive, with ``rtol`` and ``atol``), or with
             ``steps`` a fixed-step ``"euler"``, ``"heun"``, ``"dopri5"``, ``"tsit5"``.
-        rtol, atol: the adaptive solver's tolerances, on each sample's own error norm
-            (raised to ``10 * eps`` of the input's dtype where they ask for less).
+        rtol: the adaptive solver's relative tolerance, on each sample's own error norm
+            (raised to ``10 * eps`` of the input's dtype where it asks for less).
+        atol: its absolute tolerance, likewise.
         steps: a fixed number of equal steps instead of the adaptive solve.
         max_steps: a solve that needs more steps fails with a one-line `SolverError`.
-        kinetic, jacobian: weights $\lambda_K, \lambda_J$ of the regularisers of Finlay et
-            al. (2020), integrated along each trajectory by the same solve while gradients
-            are on,
+        kinetic: the weight $\lambda_K$ of the kinetic-energy regulariser of Finlay et al.
+            (2020), integrated along each trajectory by the same solve while gradients are
+            on,
 
             $$
             R = \lambda_K \int_0^1 \|v\|^2 dt + \lambda_J \int_0^1
@@ -129,8 +130,9 @@ class ContinuousFlow(Transform):
             $$
 
             with the Frobenius norm exact (``trace="exact"``) or as $\|\epsilon^\top
-            \partial v/\partial x\|^2$ (Hutchinson's noise); they keep the field straight and
-            easy to integrate. ``penalty`` then holds $R$ averaged over the batch (a scalar
+            \partial v/\partial x\|^2$ (Hutchinson's noise); both keep the field straight and
+            easy to integrate.
+        jacobian: the weight $\lambda_J$ of the Jacobian-norm regulariser, likewise. ``penalty`` then holds $R$ averaged over the batch (a scalar
             with gradients, which `flowforge.fit` adds to the loss), ``regularizers`` the two
             integrals' batch means.
 
