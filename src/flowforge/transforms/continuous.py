@@ -132,9 +132,10 @@ class ContinuousFlow(Transform):
             with the Frobenius norm exact (``trace="exact"``) or as $\|\epsilon^\top
             \partial v/\partial x\|^2$ (Hutchinson's noise); both keep the field straight and
             easy to integrate.
-        jacobian: the weight $\lambda_J$ of the Jacobian-norm regulariser, likewise. ``penalty`` then holds $R$ averaged over the batch (a scalar
-            with gradients, which `flowforge.fit` adds to the loss), ``regularizers`` the two
-            integrals' batch means.
+        jacobian: the weight $\lambda_J$ of the Jacobian-norm regulariser, likewise.
+            ``penalty`` then holds $R$ averaged over the batch (a scalar with gradients,
+            which `flowforge.fit` adds to the loss), ``regularizers`` the two integrals'
+            batch means.
 
     After each call, ``nfe`` holds the vector-field evaluations of the last solve
     (``"forward"``: the batch's, since the solver steps every sample at once) and the
