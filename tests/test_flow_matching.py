@@ -113,20 +113,27 @@ def test_training_reaches_the_minimum_and_the_exact_density(coupling):
 
 
 def test_a_conditional_cnf_trained_by_flow_matching_recovers_a_conjugate_posterior():
+    """KL(p || q) = E_p[log p(theta | x) - log q(theta | x)] by exact draws of the closed-form
+    posterior at five observations from the joint, with q's exact log-density: measured
+    0.014 nats (the untrained flow, the base N(0, I): 1.26)."""
     simulator = LinearGaussian(theta_dim=2, x_dim=2, noise=0.5, seed=0)
     theta, x = simulator.sample_joint(8000, seed=0)
+    _, observed = simulator.sample_joint(5, seed=1)
+    mean, covariance = simulator.posterior(observed)
+    posterior = torch.distributions.MultivariateNormal(mean, covariance)
+    draws = posterior.sample((2000,))  # (2000, 5, 2): each observation's own posterior
     torch.manual_seed(0)
     flow = ff.models.cnf(2, hidden=(64, 64), context_dim=2)
+    with torch.no_grad():
+        untrained = (posterior.log_prob(draws) - flow.log_prob(draws, observed)).mean()
     split = ff.datasets.Split(theta, context=x)
     ff.fit(
-        flow, split, epochs=25, batch_size=256, lr=3e-3, progress=False, objective="flow-matching"
+        flow, split, epochs=40, batch_size=256, lr=5e-3, progress=False, objective="flow-matching"
     )
-    observed = torch.tensor([[0.8, -0.4]])
-    mean, covariance = simulator.posterior(observed)
-    draws = flow.sample(4000, context=observed)[:, 0]
-    scale = covariance.diagonal().sqrt()  # the same for every observation
-    assert ((draws.mean(0) - mean[0]).abs() / scale).max() < 0.15
-    assert ((draws.T.cov().diagonal().sqrt() - scale).abs() / scale).max() < 0.15
+    with torch.no_grad():
+        gap = posterior.log_prob(draws) - flow.log_prob(draws, observed)
+    assert untrained > 0.5
+    assert gap.mean() < 0.05, gap.mean(0)
 
 
 def test_a_resumed_flow_matching_run_is_bit_identical(tmp_path):

@@ -531,7 +531,9 @@ class _Trainer:
         penalty (a regularised continuous flow's), or None."""
         parallel.initialize(self.flow, x, context)  # data-dependent layers, alike everywhere
         part = self.workers.shard(len(x))
-        nll = -self.model(x[part], None if context is None else context[part]).sum()
+        part_context = None if context is None else context[part]
+        nll = self.objective.losses(self.model, self.flow, x[part], part_context, self.generator)
+        nll = nll.sum()  # the likelihood's: other objectives train on one process
         loss = nll
         penalty = self.flow.penalty() if self.reporting and part.stop > part.start else None
         if penalty is not None:  # a batch mean: weighted by the part's share

@@ -242,13 +242,13 @@ class ContinuousFlow(Transform):
             x = state[:, :dim]
             if noise is None:
                 v, jac = field_and_jacobian(self.field, x, t, context)
-                trace, square = jac.diagonal(dim1=-2, dim2=-1).sum(-1), jac.square().sum((1, 2))
+                parts = [v, jac.diagonal(dim1=-2, dim2=-1).sum(-1, keepdim=True)]
             else:
-                v, noise_jacobian = _field_and_noise_jacobian(self.field, x, t, context, noise)
-                trace, square = (noise_jacobian * noise).sum(-1), noise_jacobian.square().sum(-1)
-            parts = [v, trace.unsqueeze(-1)]
-            if regularised:
-                parts += [v.square().sum(-1, keepdim=True), square.unsqueeze(-1)]
+                v, jac = _field_and_noise_jacobian(self.field, x, t, context, noise)
+                parts = [v, (jac * noise).sum(-1, keepdim=True)]
+            if regularised:  # |J|_F^2 exactly, or as |noise^T J|^2 (unbiased)
+                square = jac.square().flatten(1).sum(-1, keepdim=True)
+                parts += [v.square().sum(-1, keepdim=True), square]
             derivative = torch.cat(parts, dim=-1)
             if derivative.requires_grad:
                 derivative.register_hook(self._count_backward)
@@ -265,6 +265,7 @@ class ContinuousFlow(Transform):
         import torchode
 
         batch = x.shape[0]
+        self.penalty, self.regularizers = None, {}  # nothing of an earlier solve stays
         context_dim = getattr(self.field, "context_dim", 0)
         if context_dim:
             context = check_context(context, batch, context_dim)
@@ -308,7 +309,6 @@ class ContinuousFlow(Transform):
                 f"(now {self.max_steps}) or loosen rtol/atol"
             )
         final, dim = solution.ys[:, -1], x.shape[1]
-        self.penalty, self.regularizers = None, {}
         if regularised:  # integrals over the solve's span, whichever way it ran
             kinetic, jacobian = final[:, dim + 1].abs(), final[:, dim + 2].abs()
             self.penalty = self.kinetic * kinetic.mean() + self.jacobian * jacobian.mean()
