@@ -1,8 +1,10 @@
-"""Continuous flows trained by maximum likelihood on the 2-D toys: flowforge's CNF beside
-zuko's, at the same network size and the same wall-clock budget, interleaved in one run.
+"""Continuous flows on the 2-D toys, trained by maximum likelihood or by flow matching:
+flowforge's CNF beside zuko's and torchcfm's, at the same network size and the same
+wall-clock budget, interleaved in one run.
 
     python -m benchmarks.cnf_toys [--data two-moons 8gaussians checkerboard] [--minutes 6]
-        [--threads 1] [--batch-size 256] [--lr 1e-3] [--table]
+        [--models flowforge zuko ...] [--turn 30] [--threads 1] [--batch-size 256]
+        [--lr 1e-3] [--save DIR] [--table]
 
 For each toy (20,000 points: 16,000 to train, 2,000 to test, fixed by seed 0), both models
 train by the plain Adam loop of zuko's documentation (``loss = -log q(x)``, one optimiser
@@ -19,12 +21,21 @@ dopri5 at rtol = atol = 1e-5 on each sample's error) and zuko 1.6's
 its own Dormand-Prince at rtol 1e-5, atol 1e-6 on the batch's error, adjoint gradients).
 ``--models flowforge-fm flowforge-fm-ot`` adds the same flowforge model trained by flow
 matching (``flowforge.training.FlowMatching``, independent or OT pairing; no solve in
-training). Rows are appended to ``--out`` (``benchmarks/cnf_toys.json``) as each toy finishes.
+training). ``--models torchcfm-icfm torchcfm-otcfm`` trains the same flowforge network by
+torchcfm's documented loop (``ConditionalFlowMatcher`` or
+``ExactOptimalTransportConditionalFlowMatcher`` at ``sigma=0``, ``loss = mean((v - u)^2)``);
+torchcfm has no log-density, so its rows are scored by flowforge's exact solve of the field it
+trained. After each turn every model's test NLL on the first 1,000 test points is recorded
+(``curve``: training seconds, NLL - H(p)), from which the table of the time to a given quality
+is read. ``--save DIR`` writes each trained model's weights there (safetensors). Rows are
+appended to ``--out`` (``benchmarks/cnf_toys.json``), keyed by toy, model and budget, as each
+toy finishes.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import platform
@@ -36,7 +47,7 @@ import torch
 import flowforge as ff
 
 HIDDEN = (64, 64, 64)
-TURN = 30.0  # seconds a model trains before the other's turn
+CURVE_POINTS = 1_000  # test points scored after each turn
 OUT = Path(__file__).with_name("cnf_toys.json")
 
 
@@ -53,6 +64,19 @@ class Model:
             if library != "flowforge":  # flowforge-fm, flowforge-fm-ot: flow matching
                 coupling = "ot" if library.endswith("-ot") else "independent"
                 self.objective = ff.training.FlowMatching(coupling=coupling)
+        elif library.startswith("torchcfm"):  # torchcfm's loss on flowforge's network
+            from torchcfm.conditional_flow_matching import (
+                ConditionalFlowMatcher,
+                ExactOptimalTransportConditionalFlowMatcher,
+            )
+
+            self.flow = ff.models.cnf(2, hidden=HIDDEN)
+            self.field = self.flow.transform.field
+            exact = library.endswith("otcfm")
+            matcher = (
+                ExactOptimalTransportConditionalFlowMatcher if exact else ConditionalFlowMatcher
+            )
+            self.matcher = matcher(sigma=0.0)
         else:
             import zuko
 
@@ -62,31 +86,46 @@ class Model:
         self.field.register_forward_hook(self._count)
         self.optimizer = torch.optim.Adam(self.flow.parameters(), lr=1e-3)
         self.steps, self.seconds = 0, 0.0
+        self.curve: list[tuple[float, float]] = []
         self.parameters = sum(p.numel() for p in self.flow.parameters())
 
     def _count(self, *_: object) -> None:
         self.calls += 1
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        if self.library.startswith("flowforge"):
-            return self.flow.log_prob(x)
-        return self.flow().log_prob(x)
+        if self.library == "zuko":
+            return self.flow().log_prob(x)
+        return self.flow.log_prob(x)
+
+    def loss(self, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """One batch's loss, as each library's documentation writes it."""
+        if self.library.startswith("torchcfm"):
+            t, x_t, u_t = self.matcher.sample_location_and_conditional_flow(
+                torch.randn_like(batch), batch
+            )
+            return torch.mean((self.field(x_t, t, None) - u_t) ** 2)
+        if self.objective is not None:
+            return self.objective.losses(self.flow, self.flow, batch, None, generator).mean()
+        return -self.log_prob(batch).mean()
 
     def train_for(self, seconds: float, data: torch.Tensor, batch_size: int, generator) -> None:
         self.flow.train()
         started = time.perf_counter()
         while time.perf_counter() - started < seconds:
             index = torch.randint(len(data), (batch_size,), generator=generator)
-            if self.objective is None:
-                loss = -self.log_prob(data[index]).mean()
-            else:
-                batch = data[index]
-                loss = self.objective.losses(self.flow, self.flow, batch, None, generator).mean()
+            loss = self.loss(data[index], generator)
             self.optimizer.zero_grad()
             loss.backward()
             self.optimizer.step()
             self.steps += 1
         self.seconds += time.perf_counter() - started
+
+    @torch.no_grad()
+    def score(self, test: torch.Tensor, entropy: float) -> None:
+        """Record the test NLL - H(p) on the first `CURVE_POINTS` points (not timed)."""
+        self.flow.eval()
+        gap = -self.log_prob(test[:CURVE_POINTS]).mean().item() - entropy
+        self.curve.append((round(self.seconds, 2), gap))
 
     @torch.no_grad()
     def evaluate(self, test: torch.Tensor, entropy: float) -> dict[str, float]:
@@ -109,22 +148,71 @@ class Model:
             "log_prob_10k_s": round(seconds, 3),
             "nfe_10k": evaluations,
             "batch_change": (together - alone).abs().max().item(),
+            "curve": self.curve,
         }
+
+    def save(self, folder: Path, name: str) -> None:
+        from safetensors.torch import save_file
+
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {k: v.contiguous() for k, v in self.flow.state_dict().items()}
+        save_file(state, str(folder / f"{name}-{self.library}.safetensors"))
+
+
+LIBRARIES = [
+    "flowforge",
+    "zuko",
+    "flowforge-fm",
+    "flowforge-fm-ot",
+    "torchcfm-icfm",
+    "torchcfm-otcfm",
+]
+PEERS = {"zuko": "zuko", "torchcfm-icfm": "torchcfm", "torchcfm-otcfm": "torchcfm"}
 
 
 def table(results: dict) -> str:
     """The rows of ``results`` as the Markdown table of the docs' results page."""
     lines = [
-        "| data | library | steps | test NLL | s.e. | NLL - H(p) | 10k log_prob (s) | NFE |"
-        " batch change (nats) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| data | model | minutes | steps | test NLL | s.e. | NLL - H(p) | 10k log_prob (s) |"
+        " NFE | batch change (nats) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results["rows"]:
         lines.append(
-            f"| {r['data']} | {r['library']} | {r['steps']} | {r['test_nll']:.3f} | "
-            f"{r['se']:.3f} | {r['gap']:.3f} | {r['log_prob_10k_s']:.2f} | {r['nfe_10k']} | "
-            f"{r['batch_change']:.1e} |"
+            f"| {r['data']} | {r['library']} | {r['train_minutes']:g} | {r['steps']} | "
+            f"{r['test_nll']:.3f} | {r['se']:.3f} | {r['gap']:.3f} | "
+            f"{r['log_prob_10k_s']:.2f} | {r['nfe_10k']} | {r['batch_change']:.1e} |"
         )
+    return "\n".join(lines)
+
+
+def first_time(curve: list, target: float) -> float | None:
+    """The training seconds at which ``curve`` ((seconds, gap) pairs) first reaches
+    ``target``, or None."""
+    return next((seconds for seconds, gap in curve if gap <= target), None)
+
+
+def quality_table(results: dict, minutes: float) -> str:
+    """For each toy of the ``minutes`` run: the time each model first reached the quality
+    that likelihood training (flowforge's ``flowforge`` row) ends the budget at (its last
+    scored NLL - H(p) on the curve's test points), and flow matching's speed-up over it."""
+    rows = [r for r in results["rows"] if "curve" in r and r["train_minutes"] == minutes]
+    toys = list(dict.fromkeys(r["data"] for r in rows))
+    models = [m for m in LIBRARIES if any(r["library"] == m for r in rows)]
+    lines = [
+        "| data | target NLL - H(p) | " + " | ".join(models) + " | speed-up of flow matching |",
+        "|---|---|" + "---|" * len(models) + "---|",
+    ]
+    for toy in toys:
+        by_model = {r["library"]: r for r in rows if r["data"] == toy}
+        if "flowforge" not in by_model:
+            continue
+        target = by_model["flowforge"]["curve"][-1][1]
+        times = {m: first_time(by_model[m]["curve"], target) for m in models if m in by_model}
+        cells = ["-" if times.get(m) is None else f"{times[m]:.0f} s" for m in models]
+        matching = [times[m] for m in ("flowforge-fm", "flowforge-fm-ot") if times.get(m)]
+        speedup = f"{times['flowforge'] / min(matching):.1f}x" if matching else "-"
+        lines.append(f"| {toy} | {target:.3f} | " + " | ".join(cells) + f" | {speedup} |")
     return "\n".join(lines)
 
 
@@ -135,20 +223,27 @@ def main(argv: list[str] | None = None) -> None:
         "--models",
         nargs="+",
         default=["flowforge", "zuko"],
-        choices=["flowforge", "flowforge-fm", "flowforge-fm-ot", "zuko"],
-        help="flowforge: likelihood; flowforge-fm(-ot): flow matching (independent / OT)",
+        choices=LIBRARIES,
+        help="flowforge: likelihood; flowforge-fm(-ot): flow matching (independent / OT); "
+        "torchcfm-icfm / -otcfm: torchcfm's loss on the same network",
     )
     parser.add_argument("--minutes", type=float, default=6.0)
+    parser.add_argument("--turn", type=float, default=30.0, help="seconds of one model's turn")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--save", type=Path, help="a folder for the trained weights")
     parser.add_argument(
-        "--table", action="store_true", help="print the table of --out; train nothing"
+        "--table", action="store_true", help="print the tables of --out; train nothing"
     )
     args = parser.parse_args(argv)
     if args.table:
-        print(table(json.loads(args.out.read_text())))
+        results = json.loads(args.out.read_text())
+        print(table(results))
+        for minutes in sorted({r["train_minutes"] for r in results["rows"] if "curve" in r}):
+            print(f"\ntime to likelihood training's quality at {minutes:g} minutes:\n")
+            print(quality_table(results, minutes))
         return
     torch.set_num_threads(args.threads)
     results = json.loads(args.out.read_text()) if args.out.exists() else {"rows": []}
@@ -158,14 +253,16 @@ def main(argv: list[str] | None = None) -> None:
         threads=args.threads,
         torch=torch.__version__,
     )
-    libraries = [m for m in args.models if m != "zuko"]
-    if "zuko" in args.models:
+    libraries = []
+    for library in args.models:
+        peer = PEERS.get(library)
         try:
-            import zuko  # noqa: F401
-
-            libraries.append("zuko")
+            if peer:
+                importlib.import_module(peer)
+            libraries.append(library)
         except ImportError:
-            print("- zuko: not installed, skipped (pip install -e '.[bench]')")
+            print(f"- {library}: {peer} not installed, skipped (pip install -e '.[bench]')")
+    minutes = args.minutes
     for name in args.data:
         data = ff.datasets.load(name, n=20_000, seed=0)
         train, test = data.train.x, data.test.x
@@ -175,18 +272,23 @@ def main(argv: list[str] | None = None) -> None:
                 group["lr"] = args.lr
         generators = [torch.Generator().manual_seed(1) for _ in models]
         budget = 60 * args.minutes
-        while any(m.seconds < budget for m in models):
+        while any(m.seconds < budget - 1e-9 for m in models):
             for model, generator in zip(models, generators, strict=True):
-                if model.seconds < budget:
-                    turn = min(TURN, budget - model.seconds)
-                    model.train_for(turn, train, args.batch_size, generator)
+                if model.seconds < budget - 1e-9:
+                    model.train_for(
+                        min(args.turn, budget - model.seconds), train, args.batch_size, generator
+                    )
+                    model.score(test, data.entropy)
         for model in models:
             row = {"data": name, "library": model.library, "parameters": model.parameters}
-            row |= {"steps": model.steps, "train_minutes": round(model.seconds / 60, 2)}
+            row |= {"steps": model.steps, "train_minutes": minutes}
             row |= model.evaluate(test, data.entropy)
-            print(json.dumps(row), flush=True)
+            if args.save:
+                model.save(args.save, f"{name}-{minutes:g}min")
+            print(json.dumps({k: v for k, v in row.items() if k != "curve"}), flush=True)
+            key = (name, model.library, minutes)
             results["rows"] = [
-                r for r in results["rows"] if (r["data"], r["library"]) != (name, model.library)
+                r for r in results["rows"] if (r["data"], r["library"], r["train_minutes"]) != key
             ] + [row]
             args.out.write_text(json.dumps(results, indent=2) + "\n")
 

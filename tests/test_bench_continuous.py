@@ -30,6 +30,26 @@ def test_a_toy_run_writes_its_rows_and_the_table(tmp_path, capsys):
     assert flowforge["steps"] >= 1 and flowforge["nfe_10k"] > 0
     assert abs(flowforge["gap"] - (flowforge["test_nll"] - 1.007584835)) < 1e-9
     capsys.readouterr()
+    assert len(flowforge["curve"]) >= 1 and flowforge["curve"][-1][0] > 0
     cnf_toys.main(["--table", "--out", str(out)])
-    table = capsys.readouterr().out
-    assert "| two-moons | flowforge |" in table and table.count("\n") == 2 + len(rows)
+    rows_table, _, quality = capsys.readouterr().out.partition("\n\n")
+    assert "| two-moons | flowforge | 0.005 |" in rows_table
+    assert rows_table.count("\n") == 1 + len(rows)
+    assert "time to likelihood training's quality at 0.005 minutes" in quality
+
+
+def test_the_time_to_quality_is_read_from_the_curves():
+    curves = {
+        "flowforge": [(30, 0.5), (60, 0.2), (90, 0.1)],
+        "flowforge-fm": [(30, 0.15), (60, 0.09), (90, 0.08)],
+        "flowforge-fm-ot": [(30, 0.3), (60, 0.1), (90, 0.05)],
+        "zuko": [(30, 0.6), (60, 0.3), (90, 0.2)],
+    }
+    rows = [
+        {"data": "rings", "library": m, "train_minutes": 1.5, "curve": c} for m, c in curves.items()
+    ]
+    assert cnf_toys.first_time(curves["flowforge-fm"], 0.1) == 60
+    assert cnf_toys.first_time(curves["zuko"], 0.1) is None
+    table = cnf_toys.quality_table({"rows": rows}, 1.5).splitlines()
+    assert table[0].startswith("| data | target NLL - H(p) | flowforge | zuko | flowforge-fm |")
+    assert table[2] == "| rings | 0.100 | 90 s | - | 60 s | 60 s | 1.5x |"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -17,7 +18,12 @@ from torch import nn
 import flowforge as ff
 from flowforge.nn import TimeMLP
 from flowforge.transforms import ContinuousFlow
-from flowforge.transforms.continuous import SolverError, exact_trace, hutchinson_trace
+from flowforge.transforms.continuous import (
+    SolverError,
+    exact_trace,
+    hutchinson_trace,
+    solver,
+)
 
 from cases import randomize
 
@@ -153,6 +159,50 @@ def test_fixed_steps_converge_to_the_adaptive_solve():
         for n in (8, 16)
     ]
     assert errors[1] < errors[0] / 3  # second order: about a quarter
+
+
+@pytest.mark.parametrize(
+    ("method", "order"), [("euler", 1), ("midpoint", 2), ("heun", 2), ("rk4", 4)]
+)
+def test_each_fixed_step_method_converges_at_its_order(method, order):
+    """On v = A x the exact sample is expm(A) z; halving the step divides the error by
+    2^order (within 30%: the leading term dominates at 16 and 32 steps)."""
+    torch.manual_seed(0)
+    matrix = torch.randn(2, 2, dtype=torch.float64)
+    flow = ContinuousFlow(LinearField(matrix))
+    z = torch.randn(8, 2, dtype=torch.float64)
+    exact = z @ torch.linalg.matrix_exp(matrix).T
+    errors = []
+    for n in (16, 32):
+        with solver(flow, method=method, steps=n):
+            errors.append((flow.map_inverse(z) - exact).abs().max().item())
+        assert flow.nfe["forward"] == n * {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4}[method]
+    assert 2**order * 0.7 < errors[0] / errors[1] < 2**order * 1.3, errors
+
+
+def test_solver_sets_every_cnf_for_the_block_and_restores_them():
+    flow = ff.models.cnf(2, hidden=(8,), rtol=1e-4)
+    layer = flow.transform
+    with solver(flow, method="rk4", steps=3):
+        assert flow.sample(5).shape == (5, 2)
+        assert (layer.method, layer.steps, layer.nfe["forward"]) == ("rk4", 3, 12)
+    assert (layer.method, layer.steps, layer.rtol) == ("dopri5", None, 1e-4)
+    with pytest.raises(KeyError), solver(flow, method="euler", steps=2):
+        raise KeyError("inside the block")
+    assert (layer.method, layer.steps) == ("dopri5", None)
+    with solver(flow, atol=1e-7):  # adaptive still, a tighter tolerance
+        assert (layer.method, layer.steps, layer.atol) == ("dopri5", None, 1e-7)
+    for settings, message in [
+        ({"method": "rk4"}, "has no error estimate: give steps=N"),
+        ({"method": "rk45", "steps": 2}, "unknown method 'rk45'"),
+        ({"steps": 0}, "steps must be a positive int"),
+        ({"rtol": 0.0}, "rtol must be a positive number, got 0.0"),
+    ]:
+        with pytest.raises(ValueError, match=message), solver(flow, **settings):
+            pass
+        assert (layer.method, layer.steps, layer.rtol) == ("dopri5", None, 1e-4)
+    with pytest.raises(ValueError, match="holds no ContinuousFlow"), solver(nn.Linear(2, 2)):
+        pass
 
 
 def test_bad_options_are_one_line_errors():
@@ -295,9 +345,28 @@ def test_the_command_line_fits_evaluates_samples_and_plots_a_cnf(tmp_path, capsy
     assert err[0].startswith("epoch 1/2  train ") and " nfe " in err[0]
     assert main(["eval", str(out)]) == 0 and "cnf " in capsys.readouterr().out
     assert main(["sample", str(out), "-n", "50", "--out", str(tmp_path / "s.npy")]) == 0
+    assert "evaluations of the vector field (dopri5)" in capsys.readouterr().out
+    fast = ["sample", str(out), "-n", "50", "--out", str(tmp_path / "f.npy"), "--steps", "4"]
+    assert main([*fast, "--method", "rk4"]) == 0
+    assert "16 evaluations of the vector field (rk4 at 4 steps)" in capsys.readouterr().out
+    assert np.load(tmp_path / "f.npy").shape == (50, 2)
+    bad = ["sample", str(out), "-n", "5", "--out", str(tmp_path / "e.npy"), "--method", "euler"]
+    assert main(bad) != 0
+    message = "flowforge sample: error: method 'euler' has no error estimate: give steps=N"
+    assert capsys.readouterr().err.splitlines() == [message]
     assert main(["plot", str(out)]) == 0
     assert (out / "plots" / "layers.png").stat().st_size > 10_000
     assert ff.load(out).transform.kinetic == 0.01
+
+
+def test_sampling_settings_are_refused_for_a_run_without_an_ode(tmp_path):
+    from flowforge.cli import main
+
+    out = tmp_path / "run"
+    args = ["fit", "--data", "two-moons", "--model", "realnvp", "--n-samples", "500"]
+    assert main([*args, "--epochs", "1", "--out", str(out)]) == 0
+    with pytest.raises(ValueError, match="solves no ODE: method and steps apply to continuous"):
+        ff.runs.sample_run(out, 10, steps=4)
 
 
 def test_a_solve_that_fails_in_training_is_a_divergence(monkeypatch, capsys):

@@ -105,6 +105,8 @@ def test_round_trip_float64(case: Case, dim: int, batch: int, seed: int):
     z2, logdet_fwd = transform(x2, c)
     torch.testing.assert_close(z2, z, atol=tolerance, rtol=tolerance)
     torch.testing.assert_close(logdet_fwd, -logdet_inv, atol=tolerance, rtol=tolerance)
+    # The map alone (sampling) is the inverse's map.
+    torch.testing.assert_close(transform.map_inverse(z, c), x2, atol=tolerance, rtol=tolerance)
 
 
 @pytest.mark.parametrize(("case", "dim"), PARAMS)

@@ -23,6 +23,7 @@ from flowforge.nn.velocity import TimeMLP
 from flowforge.runtime import interrupts
 from flowforge.runtime.files import one_line
 from flowforge.training.loop import DivergenceError
+from flowforge.transforms.continuous import METHODS
 
 
 def demo(seed: int = 0) -> None:
@@ -319,6 +320,17 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--out", required=True, help="output .npy file")
     sample.add_argument("--temperature", type=_number(), default=1.0)
     sample.add_argument("--seed", type=_seed, default=None)
+    sample.add_argument(
+        "--method",
+        choices=METHODS,
+        help="for a continuous run: the ODE method of the sampling pass (default: the run's)",
+    )
+    sample.add_argument(
+        "--steps",
+        type=_positive,
+        help="for a continuous run: sample with this many fixed steps (fast; e.g. --method "
+        "rk4 --steps 8) instead of the adaptive solve",
+    )
     given = sample.add_mutually_exclusive_group()
     given.add_argument(
         "--context",
@@ -489,7 +501,16 @@ def _run(args: argparse.Namespace) -> None:
             context = runs.read_context_file(args.context_file)
         out = Path(args.out)
         _check_sample_out(out)
-        samples = runs.sample_run(args.run, args.n, args.temperature, args.seed, context)
+        samples = runs.sample_run(
+            args.run,
+            args.n,
+            args.temperature,
+            args.seed,
+            context,
+            method=args.method,
+            steps=args.steps,
+            log=print,
+        )
         out.parent.mkdir(parents=True, exist_ok=True)
         np.save(out, samples)
         if context is not None and np.ndim(context) == 2:

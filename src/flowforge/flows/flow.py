@@ -334,7 +334,7 @@ class Flow(nn.Module, Distribution):
             if temperature != 1.0:
                 loc = self.base.location(context)
                 z = loc + temperature * (z - loc)
-            x, _ = self.transform.inverse(z, context)
+            x = self.transform.map_inverse(z, context)
         return x.reshape(*shape, *self.event_shape)
 
     def _expand(

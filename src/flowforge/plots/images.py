@@ -141,7 +141,7 @@ def interpolate_latent(flow: Flow, start: Tensor, end: Tensor, steps: int = 8) -
         t = torch.linspace(0, 1, steps, dtype=z_a.dtype, device=z_a.device)
         t = t.view(1, steps, *([1] * (z_a.dim() - 1)))
         z = (1 - t) * z_a.unsqueeze(1) + t * z_b.unsqueeze(1)
-        x, _ = flow.transform.inverse(z.flatten(0, 1))
+        x = flow.transform.map_inverse(z.flatten(0, 1))
     return x.reshape(start.shape[0], steps, *start.shape[1:])
 
 

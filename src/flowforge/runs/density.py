@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -34,6 +35,7 @@ from flowforge.training.distributed import launched_rank
 from flowforge.training.loop import DivergenceError, History, fit, write_metrics
 from flowforge.training.objectives import FlowMatching
 from flowforge.training.results import nll_values, report_of
+from flowforge.transforms.continuous import ContinuousFlow, solver
 
 # What a resumed run must share with the run it continues: they change the model, the data
 # or the optimisation. The others (epochs, lr, clip, patience, checkpointing, divergence
@@ -269,8 +271,15 @@ def sample_run(
     temperature: float = 1.0,
     seed: int | None = None,
     context: np.ndarray | torch.Tensor | None = None,
+    method: str | None = None,
+    steps: int | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> np.ndarray:
     """``n`` samples of a trained run, in model space (``[0, 1]`` for images).
+
+    For a continuous run, ``method`` and ``steps`` set the ODE solve of the sampling pass
+    (e.g. ``"rk4"`` at 8 fixed steps; see `flowforge.transforms.solver`), and ``log``
+    receives the number of field evaluations it took; other runs refuse them.
 
     A conditional run needs a ``context``: one context ``(k,)`` gives ``n`` samples
     ``(n, D)`` of ``q(x | c)``; ``m`` contexts ``(m, k)`` give ``n`` samples for each,
@@ -282,6 +291,27 @@ def sample_run(
     if seed is not None:
         torch.manual_seed(seed)
     flow = io.load(run_dir)
+    if method is None and steps is None:
+        solving = contextlib.nullcontext()
+    elif any(isinstance(m, ContinuousFlow) for m in flow.modules()):
+        solving = solver(flow, method=method, steps=steps)
+    else:
+        raise ValueError(
+            f"run {run_dir} solves no ODE: method and steps apply to continuous runs (--model cnf)"
+        )
+    with solving:
+        samples = _sample(flow, run_dir, n, temperature, context)
+    layers = [m for m in flow.modules() if isinstance(m, ContinuousFlow)]
+    if layers and log is not None:
+        evaluations = sum(layer.nfe["forward"] for layer in layers)
+        how = f"{method or layers[0].method}" + (f" at {steps} steps" if steps else "")
+        log(f"sampling took {evaluations} evaluations of the vector field ({how})")
+    return samples
+
+
+def _sample(
+    flow: Flow, run_dir: str | Path, n: int, temperature: float, context: object
+) -> np.ndarray:
     k = context_dim_of(flow)
     if k and context is None:
         raise ValueError(

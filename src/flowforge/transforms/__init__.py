@@ -3,7 +3,7 @@ return ``(output, log|det J|)`` with the log-determinant of shape ``(batch,)``."
 
 from flowforge.transforms.autoregressive import AffineAutoregressive, Autoregressive
 from flowforge.transforms.base import Compose, Inverse, Transform, steps
-from flowforge.transforms.continuous import ContinuousFlow
+from flowforge.transforms.continuous import ContinuousFlow, solver
 from flowforge.transforms.conv import InvertibleConv1x1
 from flowforge.transforms.coupling import (
     AdditiveCoupling,
@@ -58,5 +58,6 @@ __all__ = [
     "half_mask",
     "odd_even_mask",
     "rational_quadratic",
+    "solver",
     "steps",
 ]

@@ -154,6 +154,11 @@ class Transform(nn.Module, ABC):
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Map latent to data: ``(x, log|det dx/dz|)``."""
 
+    def map_inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        """The latent -> data map alone, ``x``, where the log-determinant is not wanted
+        (sampling); transforms whose log-determinant costs extra work skip it here."""
+        return self.inverse(z, context)[0]
+
     @property
     def inv(self) -> Transform:
         """The same bijection with its directions swapped (shares parameters)."""
@@ -207,6 +212,11 @@ class Compose(Transform):
             total = total + logdet
         return z, total
 
+    def map_inverse(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        for transform in reversed(self.transforms):
+            z = transform.map_inverse(z, context)
+        return z
+
     def trace(self, x: Tensor, context: Tensor | None = None) -> list[Tensor]:
         """Every intermediate of the forward pass: ``[x, f_1(x), f_2(f_1(x)), ..., z]``."""
         states = [x]
@@ -219,7 +229,7 @@ class Compose(Transform):
         """Every intermediate of the inverse pass: ``[z, f_K^{-1}(z), ..., x]``."""
         states = [z]
         for transform in reversed(self.transforms):
-            z, _ = transform.inverse(z, context)
+            z = transform.map_inverse(z, context)
             states.append(z)
         return states
 
