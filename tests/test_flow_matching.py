@@ -16,6 +16,7 @@ from torch import nn
 import flowforge as ff
 from flowforge.flows.distributions import StandardNormal
 from flowforge.inference.simulators import LinearGaussian
+from flowforge.runtime import extras
 from flowforge.training.objectives import FlowMatching, ot_pairing
 from flowforge.transforms import ContinuousFlow
 
@@ -66,7 +67,15 @@ def test_the_loss_of_the_optimal_field_is_the_known_minimum(shift):
     assert abs(error) < 4 * losses.std().item() / math.sqrt(len(losses)), error
 
 
-def test_the_ot_pairing_is_the_brute_force_optimum():
+def without_pot(monkeypatch) -> None:
+    real = extras.installed
+    monkeypatch.setattr(extras, "installed", lambda extra: extra != "ot" and real(extra))
+
+
+@pytest.mark.parametrize("backend", ["scipy", pytest.param("pot", marks=pytest.mark.extra("ot"))])
+def test_the_ot_pairing_is_the_brute_force_optimum(backend, monkeypatch):
+    if backend == "scipy":
+        without_pot(monkeypatch)
     generator = torch.Generator().manual_seed(0)
     for n in (2, 5, 6):
         source, target = (
@@ -83,6 +92,17 @@ def test_the_ot_pairing_is_the_brute_force_optimum():
         assert sorted(order.tolist()) == list(range(n))
     with pytest.raises(ValueError, match=r"batches of one shape, got \(3, 2\) and \(4, 2\)"):
         ot_pairing(torch.zeros(3, 2), torch.zeros(4, 2))
+
+
+@pytest.mark.extra("ot")
+def test_pot_and_scipy_give_the_same_pairing_of_a_training_batch(monkeypatch):
+    """The optimum is unique for data in general position: the two exact solvers agree."""
+    generator = torch.Generator().manual_seed(3)
+    data = ff.datasets.load("two-moons", n=1000, seed=0).train.x[:256]
+    noise = torch.randn(256, 2, generator=generator)
+    by_pot = ot_pairing(noise, data)
+    without_pot(monkeypatch)
+    assert torch.equal(by_pot, ot_pairing(noise, data))
 
 
 @pytest.mark.parametrize("coupling", ["independent", "ot"])
@@ -172,6 +192,10 @@ def test_flow_matching_refuses_what_it_cannot_train():
     train = torch.randn(100, 2)
     with pytest.raises(ValueError, match="objective 'flow-matching' trains continuous flows"):
         ff.fit(ff.models.realnvp(2, layers=2), train, epochs=1, objective="flow-matching")
+    conditional = ff.models.cnf(2, hidden=(8,), context_dim=1)
+    with pytest.raises(ValueError, match=r"coupling .ot. pairs .* use coupling=.independent."):
+        split = ff.datasets.Split(train, context=train[:, :1])
+        ff.fit(conditional, split, epochs=1, objective=FlowMatching(coupling="ot"))
     with pytest.raises(ValueError, match="needs the standard normal base"):
         ff.fit(ff.models.cnf(2, base="diag-normal"), train, epochs=1, objective="flow-matching")
     with pytest.raises(ValueError, match="unknown objective 'matching'"):

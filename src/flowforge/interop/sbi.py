@@ -57,6 +57,7 @@ MODELS: dict[str, tuple[Callable[..., Flow], dict]] = {
     "maf": (models.maf, {}),
     "realnvp": (models.realnvp, {}),
     "nice": (models.nice, {"base": "normal"}),
+    "cnf": (models.cnf, {}),
 }
 
 
@@ -159,6 +160,8 @@ def _builder(
     structured_condition = _check_z_score("z-scoring of the condition", z_score_condition)
     builder, fixed = MODELS[model]
     arguments = {"layers": num_transforms, "hidden": (hidden_features, hidden_features)}
+    if builder is models.cnf:  # one field, no layers: three hidden layers by default
+        arguments = {"hidden": (hidden_features,) * 3}
     if builder is models.nsf:
         arguments["bins"] = num_bins
     arguments |= fixed | options
@@ -200,11 +203,16 @@ def posterior_nn(
 
     Args:
         model: ``"nsf"`` (coupling splines), ``"nsf_autoregressive"`` (alias ``"maf_rqs"``),
-            ``"maf"``, ``"realnvp"`` or ``"nice"``: the flowforge model of that name.
+            ``"maf"``, ``"realnvp"``, ``"nice"`` or ``"cnf"``: the flowforge model of that
+            name. ``"cnf"`` is a continuous flow trained through its exact solve (FFJORD)
+            by sbi's NPE loss, its field three hidden layers of ``hidden_features``
+            (``num_transforms`` and ``num_bins`` do not apply); to train it by flow
+            matching instead, see the guide on continuous flows.
         z_score_theta: ``"independent"`` (per dimension), ``"structured"`` (one mean and
             standard deviation for all) or ``"none"``, from the first round's theta.
         z_score_x: the same for x, in front of the embedding net.
-        hidden_features: the width of the two hidden layers of each layer's network.
+        hidden_features: the width of the two hidden layers of each layer's network (of
+            the three of a ``"cnf"``'s field).
         num_transforms: the number of layers.
         num_bins: the bins of each spline (the spline models only).
         embedding_net: ``(N, *x_shape) -> (N, k)``, trained with the flow; None: x itself.

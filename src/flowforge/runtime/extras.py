@@ -19,7 +19,7 @@ message is one line: what needs it and the command that installs it.
 Examples:
     >>> from flowforge.runtime import extras
     >>> sorted(extras.EXTRAS)
-    ['bench', 'dev', 'docs', 'pyro', 'sbi', 'tensorboard']
+    ['bench', 'dev', 'docs', 'ot', 'pyro', 'sbi', 'tensorboard']
     >>> str(extras.MissingExtraError("flowforge.interop.sbi", "sbi"))
     "flowforge.interop.sbi needs the sbi extra: pip install 'flowforge[sbi]'"
 """
@@ -31,9 +31,10 @@ import importlib.util
 # The modules each extra makes importable (their import names, not their distributions');
 # tests/test_extras.py checks the keys against pyproject.toml's optional-dependencies.
 EXTRAS: dict[str, tuple[str, ...]] = {
-    "bench": ("nflows", "normflows", "zuko", "pyro"),
+    "bench": ("nflows", "normflows", "zuko", "pyro", "torchcfm"),
     "dev": ("pytest", "hypothesis", "sybil"),
     "docs": ("mkdocs", "material", "mkdocstrings"),
+    "ot": ("ot",),
     "pyro": ("pyro",),
     "sbi": ("sbi",),
     "tensorboard": ("tensorboard",),
