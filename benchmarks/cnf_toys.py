@@ -5,6 +5,7 @@ wall-clock budget, interleaved in one run.
     python -m benchmarks.cnf_toys [--data two-moons 8gaussians checkerboard] [--minutes 6]
         [--models flowforge zuko ...] [--turn 30] [--threads 1] [--batch-size 256]
         [--lr 1e-3] [--save DIR] [--table]
+    python -m benchmarks.cnf_toys --sampling DIR [--method rk4] [--steps 8]
 
 For each toy (20,000 points: 16,000 to train, 2,000 to test, fixed by seed 0), both models
 train by the plain Adam loop of zuko's documentation (``loss = -log q(x)``, one optimiser
@@ -27,9 +28,11 @@ torchcfm's documented loop (``ConditionalFlowMatcher`` or
 torchcfm has no log-density, so its rows are scored by flowforge's exact solve of the field it
 trained. After each turn every model's test NLL on the first 1,000 test points is recorded
 (``curve``: training seconds, NLL - H(p)), from which the table of the time to a given quality
-is read. ``--save DIR`` writes each trained model's weights there (safetensors). Rows are
-appended to ``--out`` (``benchmarks/cnf_toys.json``), keyed by toy, model and budget, as each
-toy finishes.
+is read. ``--save DIR`` writes each trained model's weights there (safetensors), from
+which ``--sampling DIR`` times 10,000 samples by the adaptive solve and by a fixed-step
+method (flowforge's `solver`), with the fixed-step samples' distance from the adaptive
+ones. Rows are appended to ``--out`` (``benchmarks/cnf_toys.json``), keyed by toy, model
+and budget, as each toy finishes.
 """
 
 from __future__ import annotations
@@ -216,6 +219,60 @@ def quality_table(results: dict, minutes: float) -> str:
     return "\n".join(lines)
 
 
+def sampling(folder: Path, results: dict, method: str, steps: int, n: int = 10_000) -> None:
+    """Add to each row whose weights ``folder`` holds the time of ``n`` samples by the
+    adaptive solve and by ``steps`` fixed steps of ``method`` (flowforge's models; zuko's
+    adaptive only), the evaluations of each, and the fixed-step samples' root-mean-square
+    distance from the adaptive ones drawn from the same latent points."""
+    from safetensors.torch import load_file
+
+    for row in results["rows"]:
+        path = folder / f"{row['data']}-{row['train_minutes']:g}min-{row['library']}.safetensors"
+        if not path.exists():
+            continue
+        model = Model(row["library"], 0)
+        model.flow.load_state_dict(load_file(str(path)))
+        model.flow.eval()
+        z = torch.randn(n, 2, generator=torch.Generator().manual_seed(2))
+        with torch.no_grad():
+            started = time.perf_counter()
+            if row["library"] == "zuko":
+                model.calls = 0
+                model.flow().sample((n,))
+                row["sample_10k_s"], row["sample_nfe"] = time.perf_counter() - started, model.calls
+                continue
+            adaptive = model.flow.transform.map_inverse(z)
+            row["sample_10k_s"] = time.perf_counter() - started
+            row["sample_nfe"] = model.flow.transform.nfe["forward"]
+            with ff.transforms.solver(model.flow, method=method, steps=steps):
+                started = time.perf_counter()
+                fixed = model.flow.transform.map_inverse(z)
+                row["fixed_10k_s"] = time.perf_counter() - started
+            row["fixed"] = f"{method} x {steps}"
+            row["fixed_error"] = (fixed - adaptive).square().sum(-1).mean().sqrt().item()
+        print(json.dumps({k: v for k, v in row.items() if k != "curve"}), flush=True)
+
+
+def sampling_table(results: dict) -> str:
+    """The sampling measurements of the rows that have them."""
+    lines = [
+        "| data | model | minutes | 10k samples, adaptive (s) | NFE | fixed steps | 10k samples"
+        " (s) | RMS distance from adaptive |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results["rows"]:
+        if "sample_10k_s" not in r:
+            continue
+        fixed = [r.get("fixed", "-"), "-", "-"]
+        if "fixed_10k_s" in r:
+            fixed[1:] = [f"{r['fixed_10k_s']:.2f}", f"{r['fixed_error']:.1e}"]
+        lines.append(
+            f"| {r['data']} | {r['library']} | {r['train_minutes']:g} | {r['sample_10k_s']:.2f} "
+            f"| {r['sample_nfe']} | " + " | ".join(fixed) + " |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", nargs="+", default=["two-moons", "8gaussians", "checkerboard"])
@@ -237,13 +294,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--table", action="store_true", help="print the tables of --out; train nothing"
     )
+    parser.add_argument(
+        "--sampling",
+        type=Path,
+        help="time sampling from the weights a --save run wrote to this folder; train nothing",
+    )
+    parser.add_argument("--method", default="rk4", help="the fixed-step method of --sampling")
+    parser.add_argument("--steps", type=int, default=8, help="its number of steps")
     args = parser.parse_args(argv)
+    if args.sampling:
+        torch.set_num_threads(args.threads)
+        results = json.loads(args.out.read_text())
+        sampling(args.sampling, results, args.method, args.steps)
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        print(sampling_table(results))
+        return
     if args.table:
         results = json.loads(args.out.read_text())
         print(table(results))
         for minutes in sorted({r["train_minutes"] for r in results["rows"] if "curve" in r}):
             print(f"\ntime to likelihood training's quality at {minutes:g} minutes:\n")
             print(quality_table(results, minutes))
+        if any("sample_10k_s" in r for r in results["rows"]):
+            print("\nsampling:\n")
+            print(sampling_table(results))
         return
     torch.set_num_threads(args.threads)
     results = json.loads(args.out.read_text()) if args.out.exists() else {"rows": []}

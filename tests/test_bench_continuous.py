@@ -28,7 +28,9 @@ def test_the_batch_measurement_of_flowforges_cnf_is_round_off():
 
 def test_a_toy_run_writes_its_rows_and_the_table(tmp_path, capsys):
     out = tmp_path / "cnf_toys.json"
-    cnf_toys.main(["--data", "two-moons", "--minutes", "0.005", "--out", str(out)])
+    weights = tmp_path / "weights"
+    toy = ["--data", "two-moons", "--minutes", "0.005", "--out", str(out), "--save", str(weights)]
+    cnf_toys.main(toy)
     rows = json.loads(out.read_text())["rows"]
     flowforge = next(r for r in rows if r["library"] == "flowforge")
     assert flowforge["steps"] >= 1 and flowforge["nfe_10k"] > 0
@@ -40,6 +42,10 @@ def test_a_toy_run_writes_its_rows_and_the_table(tmp_path, capsys):
     assert "| two-moons | flowforge | 0.005 |" in rows_table
     assert rows_table.count("\n") == 1 + len(rows)
     assert "time to likelihood training's quality at 0.005 minutes" in quality
+    cnf_toys.main(["--sampling", str(weights), "--out", str(out), "--steps", "3"])
+    row = next(r for r in json.loads(out.read_text())["rows"] if r["library"] == "flowforge")
+    assert row["fixed"] == "rk4 x 3" and 0 < row["fixed_error"] < 1
+    assert row["sample_nfe"] > 0 and row["fixed_10k_s"] > 0
 
 
 def test_the_time_to_quality_is_read_from_the_curves():
