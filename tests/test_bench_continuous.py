@@ -46,6 +46,10 @@ def test_a_toy_run_writes_its_rows_and_the_table(tmp_path, capsys):
     row = next(r for r in json.loads(out.read_text())["rows"] if r["library"] == "flowforge")
     assert row["fixed"] == "rk4 x 3" and 0 < row["fixed_error"] < 1
     assert row["sample_nfe"] > 0 and row["fixed_10k_s"] > 0
+    figure = tmp_path / "toys.png"
+    cnf_figure = importlib.import_module("benchmarks.cnf_figure")
+    cnf_figure.main([str(weights), "--minutes", "0.005", "--resolution", "8", "--out", str(figure)])
+    assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and figure.stat().st_size > 5_000
 
 
 def test_the_time_to_quality_is_read_from_the_curves():
