@@ -30,7 +30,11 @@ The tables (``NAME``: what makes it, and the JSON it reads):
   ``experiments/kill_campaign/results.json``;
 - ``cnf-toys`` and ``cnf-batch``: ``benchmarks.cnf_toys.table`` and
   ``benchmarks.cnf_batch.table``, ``benchmarks/cnf_toys.json`` and
-  ``benchmarks/cnf_batch.json``.
+  ``benchmarks/cnf_batch.json``;
+- ``cnf-quality`` and ``cnf-sampling``: ``benchmarks.cnf_toys.quality_table`` (of the
+  longest budget with curves) and ``benchmarks.cnf_toys.sampling_table``,
+  ``benchmarks/cnf_toys.json``;
+- ``amortized-fm``: ``benchmarks.amortized_fm.table``, ``benchmarks/amortized_fm.json``.
 
 An unknown name, a missing JSON file, a malformed marker or a renderer that fails raises
 :class:`TableError`, naming the page and the marker, which stops ``mkdocs build``.
@@ -149,6 +153,20 @@ def cnf_toys(path: Path) -> str:
     return _module("cnf_toys").table(_load(path))
 
 
+def cnf_quality(path: Path) -> str:
+    results = _load(path)
+    budget = max(r["train_minutes"] for r in results["rows"] if "curve" in r)
+    return _module("cnf_toys").quality_table(results, budget)
+
+
+def cnf_sampling(path: Path) -> str:
+    return _module("cnf_toys").sampling_table(_load(path))
+
+
+def amortized_fm(path: Path) -> str:
+    return _module("amortized_fm").table(_load(path)["rows"])
+
+
 def cnf_batch(path: Path) -> str:
     return _module("cnf_batch").table(_load(path))
 
@@ -156,6 +174,9 @@ def cnf_batch(path: Path) -> str:
 TABLES: dict[str, Callable[[Path], str]] = {
     "cnf-toys": cnf_toys,
     "cnf-batch": cnf_batch,
+    "cnf-quality": cnf_quality,
+    "cnf-sampling": cnf_sampling,
+    "amortized-fm": amortized_fm,
     "speed": speed,
     "floor": floor,
     "fused": fused,
