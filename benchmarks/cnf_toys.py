@@ -108,7 +108,7 @@ class Model:
             )
             return torch.mean((self.field(x_t, t, None) - u_t) ** 2)
         if self.objective is not None:
-            return self.objective.losses(self.flow, self.flow, batch, None, generator).mean()
+            return self.objective(self.flow, batch, None, generator).mean()
         return -self.log_prob(batch).mean()
 
     def train_for(self, seconds: float, data: torch.Tensor, batch_size: int, generator) -> None:

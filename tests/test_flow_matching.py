@@ -61,7 +61,7 @@ def test_the_loss_of_the_optimal_field_is_the_known_minimum(shift):
     |c|^2 more per sample, so the loss can tell the optimum from its neighbours."""
     flow = field_flow(OptimalField(shift))
     x = gaussian(400_000, seed=1)
-    losses = FlowMatching().losses(flow, flow, x, None, torch.Generator().manual_seed(2))
+    losses = FlowMatching()(flow, x, None, torch.Generator().manual_seed(2))
     expected = minimum(2, SCALE) + 2 * shift**2
     error = losses.mean().item() - expected
     assert abs(error) < 4 * losses.std().item() / math.sqrt(len(losses)), error
@@ -118,9 +118,7 @@ def test_training_reaches_the_minimum_and_the_exact_density(coupling):
     assert history.epochs[-1]["train_nll"] is None
     generator = torch.Generator().manual_seed(5)
     with torch.no_grad():  # in batches of the training's size, as OT pairs them (n^3 cost)
-        loss = torch.cat(
-            [objective.losses(flow, flow, b, None, generator) for b in test.split(200)]
-        )
+        loss = torch.cat([objective(flow, b, None, generator) for b in test.split(200)])
         loss = loss.mean()
         nll = -flow.log_prob(test).mean().item()
     entropy = 2 * (0.5 * math.log(2 * math.pi * math.e) + math.log(SCALE))

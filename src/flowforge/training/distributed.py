@@ -12,7 +12,9 @@ L_r = \frac{N}{|B_t|} \sum_{i \in S_r} -\log q(x_i), \qquad
 \frac1N \sum_r \nabla L_r = \nabla \frac{1}{|B_t|} \sum_{i \in B_t} -\log q(x_i),
 $$
 
-for any split of $B_t$ into parts (uneven ones, and empty ones, included). So the run with
+for any split of $B_t$ into parts (uneven ones, and empty ones, included); the same holds for
+any objective's per-sample losses (flow matching's), whose random draws every rank makes for
+the whole global batch from the shared generator before taking its part. So the run with
 global batch $B$ on N processes follows the one-process run with batch $B$, up to the order of
 floating-point sums. Validation: each rank scores every N-th batch of the validation split and
 the sums of the NLL and of its square are all-reduced.
@@ -122,7 +124,8 @@ def setup(distributed: bool | None, device: torch.device) -> Workers | None:
 
 
 def wrap(flow: torch.nn.Module) -> torch.nn.Module:
-    """``flow`` in DistributedDataParallel (its forward is `Flow.log_prob`). Parameters and
+    """``flow`` (the objective's loss module around the flow) in DistributedDataParallel.
+    Parameters and
     buffers are broadcast from rank 0 once, here; not at every step, since every rank
     computes its buffers (ActNorm's) from the same data."""
     from torch.nn.parallel import DistributedDataParallel

@@ -33,7 +33,7 @@ from flowforge.training.divergence import (
     finite_parameters,
     scale_learning_rate,
 )
-from flowforge.training.objectives import Objective
+from flowforge.training.objectives import Objective, ObjectiveLoss
 from flowforge.training.results import (
     History,
     _check_data,
@@ -153,11 +153,6 @@ def fit(
     objective.check(flow)
     target = devices.resolve(device, default=str(flow.device))
     workers = parallel.setup(distributed, target)
-    if workers is not None and not isinstance(objective, objectives.Likelihood):
-        raise ValueError(
-            f"objective {objective.name!r} trains on one process; data-parallel training "
-            "supports objective='likelihood' only"
-        )
     if workers is not None:
         target = parallel.device_for(target)
     flow.to(device=target, dtype=dtype or flow.dtype)
@@ -218,7 +213,8 @@ class _Trainer:
         for name, value in options.items():  # epochs, batch_size, lr, ... as fit's arguments
             setattr(self, name, value)
         self.main = self.workers is None or self.workers.is_main  # writes files and logs
-        self.model = flow if self.workers is None else parallel.wrap(flow)
+        loss = ObjectiveLoss(self.objective, flow)
+        self.loss = loss if self.workers is None else parallel.wrap(loss)
         self.generator = torch.Generator().manual_seed(0 if self.seed is None else self.seed)
         self.optimizer = adam(flow.parameters(), self.lr, self.weight_decay)
         self.steps_per_epoch = math.ceil(len(train) / self.batch_size)
@@ -499,8 +495,7 @@ class _Trainer:
         penalty, failure = None, None
         try:
             if self.workers is None:
-                losses = self.objective.losses(self.model, flow, x, context, self.generator)
-                loss = losses.mean()
+                loss = self.loss(*self.objective.prepare(x, context, self.generator)).mean()
                 value = loss.item()  # the objective's loss, whatever the penalty
                 penalty = flow.penalty() if self.reporting else None
                 loss = loss if penalty is None else loss + penalty
@@ -530,10 +525,9 @@ class _Trainer:
         the global batch's mean NLL (`flowforge.training.distributed`), and this rank's
         penalty (a regularised continuous flow's), or None."""
         parallel.initialize(self.flow, x, context)  # data-dependent layers, alike everywhere
+        inputs = self.objective.prepare(x, context, self.generator)  # the global batch's draws
         part = self.workers.shard(len(x))
-        part_context = None if context is None else context[part]
-        nll = self.objective.losses(self.model, self.flow, x[part], part_context, self.generator)
-        nll = nll.sum()  # the likelihood's: other objectives train on one process
+        nll = self.loss(*(None if v is None else v[part] for v in inputs)).sum()
         loss = nll
         penalty = self.flow.penalty() if self.reporting and part.stop > part.start else None
         if penalty is not None:  # a batch mean: weighted by the part's share

@@ -44,7 +44,13 @@ Coupling = Literal["independent", "ot"]
 
 
 class Objective(ABC):
-    """What `flowforge.fit` minimises: per-sample losses of a batch.
+    """What `flowforge.fit` minimises: per-sample losses of a batch, in two steps.
+
+    `prepare` turns the global batch into the loss's inputs, random draws included (noise,
+    times, a pairing across the batch), each with the batch as its first dimension;
+    `losses` runs the model on (a part of) them. A data-parallel rank prepares the whole
+    global batch from the generator every rank shares, then evaluates its own rows, so that
+    the sum over ranks is the one-process loss. Calling the objective does both.
 
     ``record`` names the epoch's mean training loss in the metrics (``"train_nll"`` for the
     likelihood); ``solves`` says whether its losses run the flow's transform (so that the
@@ -64,14 +70,40 @@ class Objective(ABC):
     def check(self, flow: Flow) -> None:  # noqa: B027 - most objectives train any flow
         """Raise a one-line ValueError if ``flow`` cannot be trained by this objective."""
 
+    def prepare(
+        self, x: Tensor, context: Tensor | None, generator: torch.Generator | None
+    ) -> tuple[Tensor | None, ...]:
+        """The inputs of `losses` for the batch ``x`` ``(batch, *event_shape)``; random draws
+        come from ``generator`` (a CPU ``torch.Generator``), so that a resumed run draws what
+        the uninterrupted one did."""
+        return x, context
+
     @abstractmethod
-    def losses(
-        self, model: nn.Module, flow: Flow, x: Tensor, context: Tensor | None, generator
+    def losses(self, flow: Flow, *inputs: Tensor | None) -> Tensor:
+        """The per-sample losses ``(rows,)`` of rows of `prepare`'s inputs."""
+
+    def __call__(
+        self,
+        flow: Flow,
+        x: Tensor,
+        context: Tensor | None = None,
+        generator: torch.Generator | None = None,
     ) -> Tensor:
-        """The per-sample losses ``(batch,)`` of ``x`` ``(batch, *event_shape)``; ``model``
-        is ``flow`` or its data-parallel wrapper, whose call is ``flow.log_prob``; random
-        draws come from ``generator`` (a CPU ``torch.Generator``), so that a resumed run
-        draws what the uninterrupted one did."""
+        """The per-sample losses ``(batch,)`` of the batch ``x``."""
+        return self.losses(flow, *self.prepare(x, context, generator))
+
+
+class ObjectiveLoss(nn.Module):
+    """An objective's `losses` on a flow as a module, which `flowforge.fit` calls (wrapped in
+    DistributedDataParallel when it trains on several processes, whose forward must hold the
+    whole computation for the gradients to be averaged)."""
+
+    def __init__(self, objective: Objective, flow: Flow) -> None:
+        super().__init__()
+        self.objective, self.flow = objective, flow
+
+    def forward(self, *inputs: Tensor | None) -> Tensor:
+        return self.objective.losses(self.flow, *inputs)
 
 
 class Likelihood(Objective):
@@ -79,10 +111,9 @@ class Likelihood(Objective):
 
     name, record = "likelihood", "train_nll"
 
-    def losses(
-        self, model: nn.Module, flow: Flow, x: Tensor, context: Tensor | None, generator
-    ) -> Tensor:
-        return -model(x, context)
+    def losses(self, flow: Flow, *inputs: Tensor | None) -> Tensor:
+        x, context = inputs
+        return -flow.log_prob(x, context)
 
 
 class FlowMatching(Objective):
@@ -90,7 +121,7 @@ class FlowMatching(Objective):
 
     Args:
         coupling: ``"independent"`` (I-CFM) or ``"ot"`` (exact minibatch optimal transport,
-            OT-CFM; the assignment costs O(batch^3): 10 ms for 200 points on a CPU core).
+            OT-CFM, over the global batch; see `ot_pairing`).
         sigma_min: the width $\sigma_{\min}$ of the path's end at the data (0: straight
             lines from noise to data).
 
@@ -124,19 +155,23 @@ class FlowMatching(Objective):
                 f"got {type(flow.base).__name__}"
             )
 
-    def losses(
-        self, model: nn.Module, flow: Flow, x: Tensor, context: Tensor | None, generator
-    ) -> Tensor:
+    def prepare(
+        self, x: Tensor, context: Tensor | None, generator: torch.Generator | None
+    ) -> tuple[Tensor | None, ...]:
+        """``(x_t, t, u_t, context)``: the points of the path, their times and the target
+        velocities."""
         noise = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
         t = torch.rand(x.shape[0], generator=generator, dtype=x.dtype).to(x.device)
         if self.coupling == "ot":
             noise = noise[ot_pairing(noise, x)]
         shrink = 1 - self.sigma_min
         x_t = (1 - shrink * t[:, None]) * noise + t[:, None] * x
-        target = x - shrink * noise
+        return x_t, t, x - shrink * noise, context
+
+    def losses(self, flow: Flow, *inputs: Tensor | None) -> Tensor:
+        x_t, t, target, context = inputs
         inner = None if context is None else flow._embed(context)
-        velocity = flow.transform.field(x_t, t, inner)
-        return (velocity - target).square().sum(-1)
+        return (flow.transform.field(x_t, t, inner) - target).square().sum(-1)
 
 
 def ot_pairing(source: Tensor, target: Tensor) -> Tensor:
