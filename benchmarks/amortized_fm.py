@@ -8,7 +8,7 @@ The task is sbi's two-moons (flowforge's `TwoMoons`: theta ~ U[-1, 1]^2, x 2-D, 
 crescent-shaped posterior sampled exactly by rejection and with its density on a grid). For
 each seed, one set of ``--simulations`` pairs (theta, x) trains:
 
-- ``flowforge cnf (flow matching)``: ``ff.models.cnf(2, hidden=(64, 64, 64), context_dim=2)``
+- ``flowforge cnf (flow matching)``: ``ff.models.cnf(2, hidden=--hidden, context_dim=2)``
   fitted by ``ff.fit(..., objective="flow-matching")`` for ``--epochs`` epochs (batches of
   256, Adam 1e-3, cosine schedule; the independent coupling, as a conditional flow needs);
   its log-density by the exact adaptive solve;
@@ -60,7 +60,7 @@ class Posterior:
 def train_flowforge(name: str, theta, x, args, seed: int) -> tuple[Posterior, int]:
     torch.manual_seed(seed)
     if name.startswith("flowforge cnf"):
-        flow = ff.models.cnf(2, hidden=(64, 64, 64), context_dim=2)
+        flow = ff.models.cnf(2, hidden=args.hidden, context_dim=2)
         data = ff.datasets.Split(theta, context=x)
         options = dict(epochs=args.epochs, objective="flow-matching", val=None)
     else:
@@ -137,6 +137,8 @@ def run(args: argparse.Namespace) -> list[dict]:
                 posterior, epochs = train_flowforge(name, theta, x, args, seed)
             seconds = time.perf_counter() - start
             row = {"model": name, "seed": seed, "simulations": args.simulations}
+            if name.startswith("flowforge cnf"):
+                row["hidden"] = list(args.hidden)
             row |= {"train_s": round(seconds, 1), "epochs": epochs}
             row |= evaluate(posterior, simulator, observations, args)
             rows.append(row)
@@ -175,6 +177,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--simulations", type=int, default=5000)
     parser.add_argument("--seeds", type=int, default=1)
     parser.add_argument("--epochs", type=int, default=400, help="flow matching's epochs")
+    parser.add_argument(
+        "--hidden",
+        type=lambda text: tuple(int(w) for w in text.split(",")),
+        default=(64, 64, 64),
+        help="the CNF field's hidden widths, comma-separated",
+    )
     parser.add_argument("--max-epochs", type=int, default=1000, help="early stopping's cap")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--draws", type=int, default=2000)
