@@ -87,4 +87,4 @@ def test_the_amortized_benchmark_scores_the_exact_posterior_as_the_truth():
     assert 0.4 < scores["c2st"] < 0.6
     assert scores["sbc_min_p"] > 1e-3
     rows = [{"model": "sbi fmpe", "simulations": 10, "train_s": 1.0, "epochs": 3, **scores}]
-    assert amortized.table(rows).splitlines()[2].startswith("| sbi fmpe | 10 | 0.000 |")
+    assert amortized.table(rows).splitlines()[2].startswith("| sbi fmpe | - | 10 | 0.000 |")
