@@ -161,7 +161,7 @@ def table(rows: list[dict]) -> str:
 
     lines = [
         "| model | parameters | simulations | KL(p‖q) nats | c2st | SBC min p | train s | epochs |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name in MODELS:
         group = [r for r in rows if r["model"] == name]

@@ -228,3 +228,12 @@ def test_continuous_flow_numbers_are_the_json(tables):
     batch = tables["benchmarks/cnf_batch.json", "cnf-batch"]
     for record in json_of("benchmarks/cnf_batch.json")["rows"]:
         assert row(batch, record["library"])[1] == f"{record['normal']:.1e}"
+
+
+def test_amortized_flow_matching_numbers_are_the_json(tables):
+    table = tables["benchmarks/amortized_fm.json", "amortized-fm"]
+    page = " ".join((ROOT / "docs/results/inference.md").read_text().split())
+    for record in json_of("benchmarks/amortized_fm.json")["rows"]:
+        cells_ = row(table, record["model"])
+        assert cells_[3] == f"{record['kl']:.3f}" and cells_[4] == f"{record['c2st']:.3f}"
+        assert f"{record['kl']:.2f}" in page and f"{record['c2st']:.2f}" in page
