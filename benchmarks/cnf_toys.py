@@ -321,8 +321,12 @@ def main(argv: list[str] | None = None) -> None:
         return
     torch.set_num_threads(args.threads)
     results = json.loads(args.out.read_text()) if args.out.exists() else {"rows": []}
+    command = "python -m benchmarks.cnf_toys " + " ".join(argv or [])
+    earlier = results.pop("commands", []) + (
+        [results.pop("command")] if "command" in results else []
+    )
     results.update(
-        command="python -m benchmarks.cnf_toys " + " ".join(argv or []),
+        commands=[c for c in earlier if c != command] + [command],
         machine=platform.processor() or platform.machine(),
         threads=args.threads,
         torch=torch.__version__,
