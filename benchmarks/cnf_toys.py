@@ -42,6 +42,7 @@ import importlib
 import json
 import math
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -321,7 +322,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     torch.set_num_threads(args.threads)
     results = json.loads(args.out.read_text()) if args.out.exists() else {"rows": []}
-    command = "python -m benchmarks.cnf_toys " + " ".join(argv or [])
+    command = " ".join(["python -m benchmarks.cnf_toys", *(sys.argv[1:] if argv is None else argv)])
     earlier = results.pop("commands", []) + (
         [results.pop("command")] if "command" in results else []
     )
