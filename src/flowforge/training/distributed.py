@@ -125,9 +125,8 @@ def setup(distributed: bool | None, device: torch.device) -> Workers | None:
 
 def wrap(flow: torch.nn.Module) -> torch.nn.Module:
     """``flow`` (the objective's loss module around the flow) in DistributedDataParallel.
-    Parameters and
-    buffers are broadcast from rank 0 once, here; not at every step, since every rank
-    computes its buffers (ActNorm's) from the same data."""
+    Parameters and buffers are broadcast from rank 0 once, here; not at every step, since
+    every rank computes its buffers (ActNorm's) from the same data."""
     from torch.nn.parallel import DistributedDataParallel
 
     device = next(flow.parameters()).device
