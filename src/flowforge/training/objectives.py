@@ -40,7 +40,7 @@ from flowforge.flows.flow import Flow
 from flowforge.runtime import extras
 from flowforge.transforms.continuous import ContinuousFlow
 
-Coupling = Literal["independent", "ot"]
+Coupling = Literal["independent", "ot", "sinkhorn"]
 
 
 class Objective(ABC):
@@ -120,8 +120,11 @@ class FlowMatching(Objective):
     r"""Conditional flow matching on the linear path (see the module's equations).
 
     Args:
-        coupling: ``"independent"`` (I-CFM) or ``"ot"`` (exact minibatch optimal transport,
-            OT-CFM, over the global batch; see `ot_pairing`).
+        coupling: ``"independent"`` (I-CFM), ``"ot"`` (exact minibatch optimal transport,
+            OT-CFM, over the global batch; see `ot_pairing`) or ``"sinkhorn"`` (pairs drawn
+            from the entropic plan, `entropic_pairing`; needs the ``ot`` extra).
+        reg: the entropic regulariser of ``"sinkhorn"``, relative to the batch's largest
+            squared distance (towards 0: the exact pairing; large: the independent one).
         sigma_min: the width $\sigma_{\min}$ of the path's end at the data (0: straight
             lines from noise to data).
 
@@ -130,12 +133,22 @@ class FlowMatching(Objective):
 
     name, record, solves = "flow-matching", "train_fm_loss", False
 
-    def __init__(self, coupling: Coupling = "independent", sigma_min: float = 0.0) -> None:
-        if coupling not in ("independent", "ot"):
-            raise ValueError(f"coupling must be 'independent' or 'ot', got {coupling!r}")
+    def __init__(
+        self, coupling: Coupling = "independent", sigma_min: float = 0.0, reg: float = 0.05
+    ) -> None:
+        if coupling not in ("independent", "ot", "sinkhorn"):
+            raise ValueError(
+                f"coupling must be 'independent', 'ot' or 'sinkhorn', got {coupling!r}"
+            )
         if not (isinstance(sigma_min, int | float) and 0 <= sigma_min < 1):
             raise ValueError(f"sigma_min must be a number in [0, 1), got {sigma_min!r}")
         self.coupling, self.sigma_min = coupling, float(sigma_min)
+        if coupling == "sinkhorn":  # recorded (and fixed on resume) only where it applies
+            if isinstance(reg, bool) or not (isinstance(reg, int | float) and reg > 0):
+                raise ValueError(f"reg must be a positive number, got {reg!r}")
+            if not extras.installed("ot"):
+                raise extras.MissingExtraError("coupling 'sinkhorn'", "ot")
+            self.reg = float(reg)
 
     def check(self, flow: Flow) -> None:
         if not isinstance(flow.transform, ContinuousFlow):
@@ -143,11 +156,11 @@ class FlowMatching(Objective):
                 "objective 'flow-matching' trains continuous flows (ff.models.cnf), got a "
                 f"{type(flow.transform).__name__}; use objective='likelihood'"
             )
-        if self.coupling == "ot" and flow.context_dim:
+        if self.coupling != "independent" and flow.context_dim:
             raise ValueError(
-                "coupling 'ot' pairs the batch's noise with its data whatever their contexts, "
-                "so the noise would depend on the context and bias q(x | c); use "
-                "coupling='independent' for a conditional flow"
+                f"coupling {self.coupling!r} pairs the batch's noise with its data whatever "
+                "their contexts, so the noise would depend on the context and bias q(x | c); "
+                "use coupling='independent' for a conditional flow"
             )
         if not isinstance(flow.base, StandardNormal):
             raise ValueError(
@@ -164,6 +177,8 @@ class FlowMatching(Objective):
         t = torch.rand(x.shape[0], generator=generator, dtype=x.dtype).to(x.device)
         if self.coupling == "ot":
             noise = noise[ot_pairing(noise, x)]
+        elif self.coupling == "sinkhorn":
+            noise = noise[entropic_pairing(noise, x, self.reg, generator)]
         shrink = 1 - self.sigma_min
         x_t = (1 - shrink * t[:, None]) * noise + t[:, None] * x
         return x_t, t, x - shrink * noise, context
@@ -199,6 +214,32 @@ def ot_pairing(source: Tensor, target: Tensor) -> Tensor:
         order = np.empty_like(columns)
         order[rows] = columns
     return torch.from_numpy(order).to(source.device)
+
+
+def entropic_pairing(
+    source: Tensor, target: Tensor, reg: float, generator: torch.Generator | None = None
+) -> Tensor:
+    r"""For each row of ``target``, a row of ``source`` drawn from the entropic transport plan
+    $P$ between the two uniform batches (``ot.sinkhorn``, the ``ot`` extra), on the squared
+    distances divided by their largest: $i_j \sim P_{\cdot j} / \sum_i P_{ij}$, with
+    replacement, so that each source row is drawn $n P_{i\cdot} = 1$ time in expectation.
+
+    Shapes: ``(n, dim)``, ``(n, dim)`` -> ``(n,)`` indices.
+    """
+    import ot
+
+    if source.shape != target.shape:
+        raise ValueError(
+            f"a pairing needs batches of one shape, got {tuple(source.shape)} and "
+            f"{tuple(target.shape)}"
+        )
+    cost = torch.cdist(source.detach().double().cpu(), target.detach().double().cpu()) ** 2
+    n = len(cost)
+    uniform = np.full(n, 1.0 / n)
+    plan = torch.from_numpy(ot.sinkhorn(uniform, uniform, (cost / cost.max()).numpy(), reg))
+    columns = plan.T.clamp_min(0) + 1e-300  # every column drawable, even where it underflows
+    order = torch.multinomial(columns, 1, generator=generator)[:, 0]
+    return order.to(source.device)
 
 
 def _simplex_pairing(cost: np.ndarray) -> np.ndarray | None:
