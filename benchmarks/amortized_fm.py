@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import statistics
 import time
@@ -43,6 +42,8 @@ from pathlib import Path
 import torch
 
 import flowforge as ff
+from benchmarks.harness import count_parameters
+from benchmarks.quality import seed_mean
 from flowforge.inference.calibration import sbc_ranks, sbc_uniformity
 from flowforge.inference.simulators import TwoMoons
 from flowforge.runtime import extras
@@ -81,7 +82,7 @@ def train_flowforge(name: str, theta, x, args, seed: int) -> tuple[Posterior, in
     def sample(xs, n):
         return flow.sample(n, context=xs)
 
-    parameters = sum(p.numel() for p in flow.parameters())
+    parameters = count_parameters(flow)
     return Posterior(log_prob, sample), len(history.epochs), parameters
 
 
@@ -102,7 +103,7 @@ def train_sbi(theta, x, args, seed: int) -> tuple[Posterior, int, int]:
     def sample(xs, n):
         return posterior.sample_batched((n,), x=xs, show_progress_bars=False)
 
-    parameters = sum(p.numel() for p in estimator.parameters())
+    parameters = count_parameters(estimator)
     return Posterior(log_prob, sample), fmpe._summary["epochs_trained"][-1], parameters
 
 
@@ -154,10 +155,8 @@ def table(rows: list[dict]) -> str:
     """Means (± standard errors over seeds, where there are several) per model."""
 
     def cell(values: list[float], digits: int) -> str:
-        mean = statistics.fmean(values)
-        if len(values) < 2:
-            return f"{mean:.{digits}f}"
-        return f"{mean:.{digits}f} ± {statistics.stdev(values) / math.sqrt(len(values)):.{digits}f}"
+        mean, error = seed_mean(values)
+        return f"{mean:.{digits}f}" + ("" if error is None else f" ± {error:.{digits}f}")
 
     lines = [
         "| model | parameters | simulations | KL(p‖q) nats | c2st | SBC min p | train s | epochs |",

@@ -49,6 +49,7 @@ from pathlib import Path
 import torch
 
 import flowforge as ff
+from benchmarks.harness import count_parameters
 
 HIDDEN = (64, 64, 64)
 CURVE_POINTS = 1_000  # test points scored after each turn
@@ -91,7 +92,7 @@ class Model:
         self.optimizer = torch.optim.Adam(self.flow.parameters(), lr=1e-3)
         self.steps, self.seconds = 0, 0.0
         self.curve: list[tuple[float, float]] = []
-        self.parameters = sum(p.numel() for p in self.flow.parameters())
+        self.parameters = count_parameters(self.flow)
 
     def _count(self, *_: object) -> None:
         self.calls += 1

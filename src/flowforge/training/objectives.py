@@ -1,7 +1,8 @@
 r"""Training objectives: what `flowforge.fit` minimises, each a small named piece of its loop.
 
-An objective turns a batch into per-sample losses. The loop draws the batch, asks the
-objective for the losses, averages them, steps the optimiser, and records the mean under the
+An objective turns a batch into per-sample losses (`Objective.prepare`, then
+`Objective.losses`). The loop draws the batch, asks the objective for the losses, averages
+them, steps the optimiser, and records the mean under the
 objective's ``record`` name; checkpoints, resume, rollback and progress are the loop's.
 
 - `Likelihood` (``"likelihood"``): $-\log q(x \mid c)$, the negative log-likelihood.
@@ -15,9 +16,10 @@ objective's ``record`` name; checkpoints, resume, rollback and progress are the 
   \ell = \| v_\theta(x_t, t \mid c) - u_t \|^2,
   $$
 
-  with $x_0$ and $x_1$ paired independently or by minibatch optimal transport (Tong et al.
-  2024): the pairing of the batch that minimises $\sum_i \|x_0^{(i)} - x_1^{(\pi(i))}\|^2$,
-  exactly, by ``scipy.optimize.linear_sum_assignment``. No ODE is solved in training.
+  with $x_0$ and $x_1$ paired independently, by minibatch optimal transport (Tong et al.
+  2024: the pairing of the batch that minimises $\sum_i \|x_0^{(i)} - x_1^{(\pi(i))}\|^2$,
+  exactly, `ot_pairing`), or by draws from the entropic plan (`entropic_pairing`). No ODE is
+  solved in training.
 
 Examples:
     >>> objective = get("flow-matching", coupling="ot")
