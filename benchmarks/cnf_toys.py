@@ -17,22 +17,22 @@ evaluations of that solve, and the largest change of a probe's log-density betwe
 it alone and inside the test batch (32 probes).
 
 Models: flowforge's ``models.cnf(2, hidden=(64, 64, 64))`` (tanh, time read by every layer,
-dopri5 at rtol = atol = 1e-5 on each sample's error) and zuko 1.6's
-``zuko.flows.CNF(2, hidden_features=(64, 64, 64))`` (ELU, six time frequencies at the input,
-its own Dormand-Prince at rtol 1e-5, atol 1e-6 on the batch's error, adjoint gradients).
-``--models flowforge-fm flowforge-fm-ot`` adds the same flowforge model trained by flow
-matching (``flowforge.training.FlowMatching``, independent or OT pairing; no solve in
-training). ``--models torchcfm-icfm torchcfm-otcfm`` trains the same flowforge network by
-torchcfm's documented loop (``ConditionalFlowMatcher`` or
+dopri5 at rtol = atol = 1e-5 on each sample's error) and zuko 1.6's ``zuko.flows.CNF(2,
+hidden_features=(64, 64, 64))`` (ELU, six time frequencies at the input, its own Dormand-Prince
+at rtol 1e-5, atol 1e-6 on the batch's error, adjoint gradients). ``--models flowforge-fm
+flowforge-fm-ot flowforge-fm-sinkhorn`` adds the same flowforge model trained by flow matching
+(``flowforge.training.FlowMatching``: independent, exact OT or entropic OT pairing at its
+default ``reg``; no solve in training). ``--models torchcfm-icfm torchcfm-otcfm`` trains the
+same flowforge network by torchcfm's documented loop (``ConditionalFlowMatcher`` or
 ``ExactOptimalTransportConditionalFlowMatcher`` at ``sigma=0``, ``loss = mean((v - u)^2)``);
 torchcfm has no log-density, so its rows are scored by flowforge's exact solve of the field it
 trained. After each turn every model's test NLL on the first 1,000 test points is recorded
 (``curve``: training seconds, NLL - H(p)), from which the table of the time to a given quality
-is read. ``--save DIR`` writes each trained model's weights there (safetensors), from
-which ``--sampling DIR`` times 10,000 samples by the adaptive solve and by a fixed-step
-method (flowforge's `solver`), with the fixed-step samples' distance from the adaptive
-ones. Rows are appended to ``--out`` (``benchmarks/cnf_toys.json``), keyed by toy, model
-and budget, as each toy finishes.
+is read. ``--save DIR`` writes each trained model's weights there (safetensors), from which
+``--sampling DIR`` times 10,000 samples by the adaptive solve and by a fixed-step method
+(flowforge's `solver`), with the fixed-step samples' distance from the adaptive ones. Rows are
+appended to ``--out`` (``benchmarks/cnf_toys.json``), keyed by toy, model and budget, as each
+toy finishes.
 """
 
 from __future__ import annotations
@@ -66,8 +66,8 @@ class Model:
         if library.startswith("flowforge"):
             self.flow = ff.models.cnf(2, hidden=HIDDEN)
             self.field = self.flow.transform.field
-            if library != "flowforge":  # flowforge-fm, flowforge-fm-ot: flow matching
-                coupling = "ot" if library.endswith("-ot") else "independent"
+            if library != "flowforge":  # flowforge-fm(-ot, -sinkhorn): flow matching
+                coupling = library.removeprefix("flowforge-fm").removeprefix("-") or "independent"
                 self.objective = ff.training.FlowMatching(coupling=coupling)
         elif library.startswith("torchcfm"):  # torchcfm's loss on flowforge's network
             from torchcfm.conditional_flow_matching import (
@@ -169,6 +169,7 @@ LIBRARIES = [
     "zuko",
     "flowforge-fm",
     "flowforge-fm-ot",
+    "flowforge-fm-sinkhorn",
     "torchcfm-icfm",
     "torchcfm-otcfm",
 ]
@@ -215,7 +216,7 @@ def quality_table(results: dict, minutes: float) -> str:
         target = by_model["flowforge"]["curve"][-1][1]
         times = {m: first_time(by_model[m]["curve"], target) for m in models if m in by_model}
         cells = ["-" if times.get(m) is None else f"{times[m]:.0f} s" for m in models]
-        matching = [times[m] for m in ("flowforge-fm", "flowforge-fm-ot") if times.get(m)]
+        matching = [times[m] for m in models if m.startswith("flowforge-fm") and times.get(m)]
         speedup = f"{times['flowforge'] / min(matching):.1f}x" if matching else "-"
         lines.append(f"| {toy} | {target:.3f} | " + " | ".join(cells) + f" | {speedup} |")
     return "\n".join(lines)
@@ -283,7 +284,8 @@ def main(argv: list[str] | None = None) -> None:
         nargs="+",
         default=["flowforge", "zuko"],
         choices=LIBRARIES,
-        help="flowforge: likelihood; flowforge-fm(-ot): flow matching (independent / OT); "
+        help="flowforge: likelihood; flowforge-fm(-ot, -sinkhorn): flow matching (independent "
+        "/ exact OT / entropic OT pairing, the last needs POT); "
         "torchcfm-icfm / -otcfm: torchcfm's loss on the same network",
     )
     parser.add_argument("--minutes", type=float, default=6.0)

@@ -90,8 +90,32 @@ def test_the_ot_pairing_is_the_brute_force_optimum(backend, monkeypatch):
         )
         assert cost == pytest.approx(best, rel=1e-12)
         assert sorted(order.tolist()) == list(range(n))
-    with pytest.raises(ValueError, match=r"batches of one shape, got \(3, 2\) and \(4, 2\)"):
-        ot_pairing(torch.zeros(3, 2), torch.zeros(4, 2))
+    with pytest.raises(ValueError, match=r"one dimension, .* got \(3, 2\) and \(3, 4\)"):
+        ot_pairing(torch.zeros(3, 2), torch.zeros(3, 4))
+    if backend == "scipy":
+        with pytest.raises(ImportError, match=r"unequal batches needs the ot extra"):
+            ot_pairing(torch.zeros(3, 2), torch.zeros(4, 2))
+
+
+@pytest.mark.extra("ot")
+def test_the_ot_pairing_of_unequal_batches_follows_the_exact_plan():
+    """With m = k n targets, the exact plan between the uniform batches sends each source row
+    to k targets: the drawn pairing is the assignment of the targets to k copies of each
+    source row (solved by scipy on the 15 x 15 costs); Sinkhorn's draws come close to it."""
+    from scipy.optimize import linear_sum_assignment
+
+    generator = torch.Generator().manual_seed(1)
+    source, target = torch.randn(5, 2, generator=generator), torch.randn(15, 2, generator=generator)
+    order = ot_pairing(source, target, generator)
+    assert order.shape == (15,) and torch.bincount(order, minlength=5).tolist() == [3] * 5
+    copies = source.repeat_interleave(3, 0)
+    cost = (torch.cdist(copies.double(), target.double()) ** 2).numpy()
+    rows, columns = linear_sum_assignment(cost)
+    best = cost[rows, columns].sum()
+    assert (source[order] - target).double().square().sum().item() == pytest.approx(best, rel=1e-9)
+    draws = [entropic_pairing(source, target, 0.01, generator) for _ in range(20)]
+    mean = sum((source[o] - target).double().square().sum().item() for o in draws) / 20
+    assert all(o.shape == (15,) for o in draws) and best <= mean < 1.1 * best  # measured 1.00
 
 
 @pytest.mark.extra("ot")
@@ -265,3 +289,31 @@ def test_the_command_line_trains_a_cnf_by_flow_matching(tmp_path, capsys):
     assert (out / "plots" / "loss.png").stat().st_size > 10_000
     refused = [*args, "--coupling", "independent", "--resume"]  # a resume keeps the pairing
     assert main(refused) == 2 and "--coupling 'ot' -> 'independent'" in capsys.readouterr().err
+
+
+@pytest.mark.extra("ot")
+def test_the_command_line_takes_the_entropic_coupling(tmp_path, capsys):
+    from flowforge.cli import main
+
+    out = tmp_path / "run"
+    args = ["fit", "--data", "two-moons", "--model", "cnf", "--hidden", "8", "--out", str(out)]
+    args += ["--n-samples", "500", "--epochs", "1", "--objective", "flow-matching"]
+    args += ["--coupling", "sinkhorn", "--no-plots"]
+    assert main([*args, "--coupling-reg", "0.1"]) == 0
+    assert ff.runs.read_config(out)["coupling_reg"] == 0.1
+    assert main([*args, "--coupling-reg", "0.2", "--resume"]) == 2
+    assert "--coupling-reg 0.1 -> 0.2" in capsys.readouterr().err
+    assert main([*args, "--coupling-reg", "0", "--out", str(tmp_path / "b")]) == 2
+    assert "coupling_reg" in capsys.readouterr().err
+
+
+def test_the_command_line_entropic_coupling_without_pot(tmp_path, capsys, monkeypatch):
+    from flowforge.cli import main
+
+    without_pot(monkeypatch)
+    args = ["fit", "--data", "two-moons", "--model", "cnf", "--out", str(tmp_path / "run")]
+    args += ["--objective", "flow-matching", "--coupling", "sinkhorn"]
+    assert main(args) != 0
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "needs the ot extra" in error[0]
+    assert not (tmp_path / "run").exists()  # refused before the run directory is written

@@ -262,8 +262,15 @@ def _add_fit(commands) -> None:
     )
     options.add_argument(
         "--coupling",
-        choices=["independent", "ot"],
-        help="flow matching's pairing of noise and data (default independent)",
+        choices=["independent", "ot", "sinkhorn"],
+        help="flow matching's pairing of noise and data: independent (default), exact optimal "
+        "transport, or draws from the entropic plan (sinkhorn: needs the ot extra)",
+    )
+    options.add_argument(
+        "--coupling-reg",
+        type=_number(),
+        help="the entropic regulariser of --coupling sinkhorn, relative to the batch's largest "
+        "squared distance (default 0.05)",
     )
     options.add_argument(
         "--sigma-min",

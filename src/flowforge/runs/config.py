@@ -32,7 +32,8 @@ DEFAULTS: dict[str, Any] = {
     "divergence_threshold": 10.0,  # a step's loss this many spreads above the running loss
     "rollbacks": 5,  # rollbacks (with a halved learning rate) before a divergence stops a run
     "objective": "likelihood",  # or "flow-matching" (continuous flows, flowforge.training)
-    "coupling": "independent",  # flow matching's pairing of noise and data: or "ot"
+    "coupling": "independent",  # flow matching's pairing of noise and data: "ot", "sinkhorn"
+    "coupling_reg": 0.05,  # the entropic regulariser of the "sinkhorn" pairing
     "sigma_min": 0.0,  # flow matching's path width at the data
     "device": "cpu",
     "dtype": "float32",
@@ -181,7 +182,11 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
         "an integer >= 0",
     ),
     "objective": (lambda v: v in ("likelihood", "flow-matching"), "likelihood or flow-matching"),
-    "coupling": (lambda v: v in ("independent", "ot"), "independent or ot"),
+    "coupling": (
+        lambda v: v in ("independent", "ot", "sinkhorn"),
+        "independent, ot or sinkhorn",
+    ),
+    "coupling_reg": (lambda v: (finite_number(v) or 0) > 0, "a positive number"),
     "sigma_min": (
         lambda v: finite_number(v) is not None and 0 <= finite_number(v) < 1,
         "a number in [0, 1)",
@@ -206,7 +211,7 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "steps": (_positive_int, "a positive integer"),
     "anneal": (_optional(lambda v: isinstance(v, int) and v >= 0), "a number of steps or null"),
 }
-FLOATS = ("lr", "weight_decay", "clip", "divergence_threshold", "sigma_min")
+FLOATS = ("lr", "weight_decay", "clip", "divergence_threshold", "sigma_min", "coupling_reg")
 
 
 MAX_YAML_VALUES = 1_000_000  # values in a config file, counting each use of a YAML alias

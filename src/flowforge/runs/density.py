@@ -56,6 +56,7 @@ FIXED_ON_RESUME = (
     "schedule",
     "objective",
     "coupling",
+    "coupling_reg",
     "sigma_min",
 )
 
@@ -76,6 +77,7 @@ def fit_run(
     out = Path(out)
     if resume:
         _check_resume(config, out)
+    objective = _objective(config)  # refused (a missing extra) before anything is written
     data, shape = load_data(config)
     flow = _start_run(
         config,
@@ -104,7 +106,7 @@ def fit_run(
             metrics=out / METRICS_FILE,
             divergence_threshold=config["divergence_threshold"],
             rollbacks=config["rollbacks"],
-            objective=_objective(config),
+            objective=objective,
             device=config["device"],
             dtype=getattr(torch, config["dtype"]),
             seed=config["seed"],
@@ -137,7 +139,11 @@ def fit_run(
 def _objective(config: Mapping[str, Any]) -> str | FlowMatching:
     """The training objective of a run's config."""
     if config["objective"] == "flow-matching":
-        return FlowMatching(coupling=config["coupling"], sigma_min=config["sigma_min"])
+        return FlowMatching(
+            coupling=config["coupling"],
+            sigma_min=config["sigma_min"],
+            reg=config["coupling_reg"],
+        )
     return config["objective"]
 
 

@@ -191,30 +191,36 @@ class FlowMatching(Objective):
         return (flow.transform.field(x_t, t, inner) - target).square().sum(-1)
 
 
-def ot_pairing(source: Tensor, target: Tensor) -> Tensor:
-    r"""The permutation $\pi$ that minimises $\sum_i \|s_{\pi(i)} - t_i\|^2$ over the
-    pairings of two equal batches: ``source[pi]`` is then paired with ``target`` row by row.
+def ot_pairing(source: Tensor, target: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    r"""For each row of ``target``, the row of ``source`` it is paired with by exact optimal
+    transport of the squared distance: ``source[pairing(source, target)]`` lines up with
+    ``target``.
 
-    Exact either way: by POT's network simplex (``ot.emd``, the ``ot`` extra; 1.6x faster
-    than the assignment at 256 points, 3x at 1,024) where it is installed and reports an
-    optimal vertex, else by ``scipy.optimize.linear_sum_assignment``. The optimum is unique
-    for data in general position, so both give the same pairing.
+    For equal batches, the permutation $\pi$ that minimises
+    $\sum_i \|s_{\pi(i)} - t_i\|^2$: by POT's network simplex (``ot.emd``, the ``ot``
+    extra; 1.6x faster than the assignment at 256 points, 3x at 1,024) where it is installed
+    and reports an optimal vertex, else by ``scipy.optimize.linear_sum_assignment``. The
+    optimum is unique for data in general position, so both give the same pairing. For
+    batches of different sizes (POT only), each target row's partner is drawn from its
+    column of the exact plan $P$ between the two uniform batches, $i_j \sim P_{\cdot j} /
+    \sum_i P_{ij}$, so that each source row is drawn $m / n$ times in expectation.
 
-    Shapes: ``(n, dim)``, ``(n, dim)`` -> ``(n,)`` indices.
+    Shapes: ``(n, dim)``, ``(m, dim)`` -> ``(m,)`` indices into ``source``.
     """
-    if source.shape != target.shape:
-        raise ValueError(
-            f"an exact pairing needs batches of one shape, got {tuple(source.shape)} and "
-            f"{tuple(target.shape)}"
-        )
-    cost = (
-        torch.cdist(target.detach().double().cpu(), source.detach().double().cpu()) ** 2
-    ).numpy()
+    cost = _squared_distances(source, target)
+    if len(source) != len(target):
+        if not extras.installed("ot"):
+            raise extras.MissingExtraError("an optimal-transport pairing of unequal batches", "ot")
+        import ot
+
+        n, m = cost.shape
+        plan = ot.emd(_uniform(n), _uniform(m), cost, numItermax=max(_MAX_ITER, 20 * n * m))
+        return _draw(plan, generator).to(source.device)
     order = _simplex_pairing(cost) if extras.installed("ot") else None
     if order is None:
-        rows, columns = linear_sum_assignment(cost)
-        order = np.empty_like(columns)
-        order[rows] = columns
+        sources, targets = linear_sum_assignment(cost)
+        order = np.empty_like(sources)
+        order[targets] = sources
     return torch.from_numpy(order).to(source.device)
 
 
@@ -224,24 +230,41 @@ def entropic_pairing(
     r"""For each row of ``target``, a row of ``source`` drawn from the entropic transport plan
     $P$ between the two uniform batches (``ot.sinkhorn``, the ``ot`` extra), on the squared
     distances divided by their largest: $i_j \sim P_{\cdot j} / \sum_i P_{ij}$, with
-    replacement, so that each source row is drawn $n P_{i\cdot} = 1$ time in expectation.
+    replacement, so that each source row is drawn $m P_{i\cdot} = m / n$ times in expectation.
 
-    Shapes: ``(n, dim)``, ``(n, dim)`` -> ``(n,)`` indices.
+    Shapes: ``(n, dim)``, ``(m, dim)`` -> ``(m,)`` indices into ``source``.
     """
     import ot
 
-    if source.shape != target.shape:
+    cost = _squared_distances(source, target)
+    plan = ot.sinkhorn(_uniform(len(source)), _uniform(len(target)), cost / cost.max(), reg)
+    return _draw(plan, generator).to(source.device)
+
+
+def _squared_distances(source: Tensor, target: Tensor) -> np.ndarray:
+    """The ``(n, m)`` float64 squared distances between the rows of two batches of points of
+    one shape."""
+    if source.ndim != 2 or source.shape[1:] != target.shape[1:]:
         raise ValueError(
-            f"a pairing needs batches of one shape, got {tuple(source.shape)} and "
-            f"{tuple(target.shape)}"
+            "a pairing needs two batches of points of one dimension, (n, dim) and (m, dim), "
+            f"got {tuple(source.shape)} and {tuple(target.shape)}"
         )
-    cost = torch.cdist(source.detach().double().cpu(), target.detach().double().cpu()) ** 2
-    n = len(cost)
-    uniform = np.full(n, 1.0 / n)
-    plan = torch.from_numpy(ot.sinkhorn(uniform, uniform, (cost / cost.max()).numpy(), reg))
-    columns = plan.T.clamp_min(0) + 1e-300  # every column drawable, even where it underflows
-    order = torch.multinomial(columns, 1, generator=generator)[:, 0]
-    return order.to(source.device)
+    return (
+        torch.cdist(source.detach().double().cpu(), target.detach().double().cpu()) ** 2
+    ).numpy()
+
+
+def _uniform(n: int) -> np.ndarray:
+    return np.full(n, 1.0 / n)
+
+
+def _draw(plan: np.ndarray, generator: torch.Generator | None) -> Tensor:
+    """For each column of a transport plan ``(n, m)``, a row drawn in proportion to it."""
+    columns = torch.from_numpy(plan).T.clamp_min(0) + 1e-300  # drawable where it underflows
+    return torch.multinomial(columns, 1, generator=generator)[:, 0]
+
+
+_MAX_ITER = 100_000  # the simplex's iterations, at least (20 n^2 for large batches)
 
 
 def _simplex_pairing(cost: np.ndarray) -> np.ndarray | None:
@@ -251,9 +274,10 @@ def _simplex_pairing(cost: np.ndarray) -> np.ndarray | None:
     import ot
 
     n = len(cost)
-    uniform = np.full(n, 1.0 / n)
-    plan, log = ot.emd(uniform, uniform, cost, numItermax=max(100_000, 20 * n * n), log=True)
-    order = plan.argmax(1)
+    plan, log = ot.emd(
+        _uniform(n), _uniform(n), cost, numItermax=max(_MAX_ITER, 20 * n * n), log=True
+    )
+    order = plan.argmax(0)
     optimal = log["result_code"] == 1 and (plan > 0).sum(1).max() == 1
     return order if optimal and len(np.unique(order)) == n else None
 
