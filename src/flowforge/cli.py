@@ -139,6 +139,13 @@ def _seed(text: str) -> int:
     return value
 
 
+def _compile_mode(text: str) -> str | bool:
+    modes = {"auto": "auto", "true": True, "false": False}
+    if text.lower() not in modes:
+        raise argparse.ArgumentTypeError(f"expected auto, true or false, got {text!r}")
+    return modes[text.lower()]
+
+
 def _number(minimum: float = 0.0, strict: bool = False):
     """An argparse ``type``: a finite float >= ``minimum`` (> it, with ``strict``)."""
 
@@ -276,6 +283,13 @@ def _add_fit(commands) -> None:
         "--sigma-min",
         type=_number(),
         help="flow matching's path width at the data, in [0, 1) (default 0)",
+    )
+    options.add_argument(
+        "--compile",
+        type=_compile_mode,
+        metavar="{auto,true,false}",
+        help="compile the training step with torch.compile: auto (default: when the run's "
+        "steps repay the compile time), true or false",
     )
     options.add_argument("--tensorboard", help="TensorBoard log directory")
 

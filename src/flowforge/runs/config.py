@@ -35,6 +35,7 @@ DEFAULTS: dict[str, Any] = {
     "coupling": "independent",  # flow matching's pairing of noise and data: "ot", "sinkhorn"
     "coupling_reg": 0.05,  # the entropic regulariser of the "sinkhorn" pairing
     "sigma_min": 0.0,  # flow matching's path width at the data
+    "compile": "auto",  # torch.compile the training step: "auto" (when it pays), true, false
     "device": "cpu",
     "dtype": "float32",
     "layers": None,  # None: the model builder's default
@@ -191,6 +192,7 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
         lambda v: finite_number(v) is not None and 0 <= finite_number(v) < 1,
         "a number in [0, 1)",
     ),
+    "compile": (lambda v: v == "auto" or isinstance(v, bool), "auto, true or false"),
     "device": (lambda v: isinstance(v, str), "a torch device such as cpu or cuda"),
     "dtype": (lambda v: v in ("float32", "float64"), "float32 or float64"),
     "layers": (_optional(_positive_int), "a positive integer or null"),

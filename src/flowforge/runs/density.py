@@ -107,6 +107,7 @@ def fit_run(
             divergence_threshold=config["divergence_threshold"],
             rollbacks=config["rollbacks"],
             objective=objective,
+            compile=config["compile"],
             device=config["device"],
             dtype=getattr(torch, config["dtype"]),
             seed=config["seed"],

@@ -23,7 +23,7 @@ from flowforge.datasets.base import Split
 from flowforge.flows.flow import Flow
 from flowforge.runtime import devices, interrupts
 from flowforge.runtime.extras import MissingExtraError
-from flowforge.training import checkpoint, objectives
+from flowforge.training import checkpoint, compiling, objectives
 from flowforge.training import distributed as parallel
 from flowforge.training.checkpoint import CHECKPOINT, fingerprint
 from flowforge.training.divergence import (
@@ -73,6 +73,7 @@ def fit(
     callback: Callable[[dict[str, Any]], None] | None = None,
     distributed: bool | None = None,
     objective: str | Objective = "likelihood",
+    compile: str | bool = "auto",
 ) -> History:
     r"""Fit ``flow`` to ``train`` by maximum likelihood with Adam (AdamW with ``weight_decay``).
 
@@ -134,6 +135,14 @@ def fit(
             (continuous flows: conditional flow matching, recorded as ``train_fm_loss``;
             ``FlowMatching(coupling="ot", sigma_min=...)`` for its options). The validation
             NLL is the exact one whatever the objective.
+        compile: ``"auto"`` (the default) compiles the training step with ``torch.compile``
+            when the steps left repay the compile time, judged from the eager step time
+            measured over the first steps (`flowforge.training.compiling`), and goes back to
+            eager steps if the compiled ones are not faster; it stays eager for a
+            distributed run and for a step that solves an ODE. ``True`` compiles whatever
+            the run's length; ``False`` never does. A compilation that fails is reported in
+            one line and training continues eagerly. The decisions are in
+            ``history.events``.
 
     Returns:
         The `History`. A validation NLL that is not finite is recorded as ``None`` and
@@ -147,6 +156,7 @@ def fit(
     train, val = as_split(train), (as_split(val) if val is not None else None)
     _check_arguments(epochs, batch_size, lr, schedule, clip, patience)
     _check_safety(checkpoint_every, divergence_threshold, rollbacks)
+    compiling.check_mode(compile)
     if resume and checkpoint is None:
         raise ValueError("resume=True needs checkpoint=, the directory to resume from; got None")
     objective = objectives.get(objective)
@@ -182,6 +192,7 @@ def fit(
         callback=callback,
         workers=workers,
         objective=objective,
+        compile=compile,
     )
     if resume and (trainer.checkpoint / CHECKPOINT).exists():
         trainer.resume()
@@ -434,6 +445,14 @@ class _Trainer:
             unit="step",
             dynamic_ncols=True,
         )
+        self.step_loss = compiling.StepCompiler(
+            self.loss,
+            self.compile,
+            steps_left=self.total_steps - self.global_step,
+            record=self.history.events.append,
+            say=self._say,
+            eager_only=self._eager_only(),
+        )
         try:
             if self.rollback.state is None and self.global_step > 0:
                 self.rollback.keep(self.global_step)  # resumed: the checkpoint's state is good
@@ -495,7 +514,7 @@ class _Trainer:
         penalty, failure = None, None
         try:
             if self.workers is None:
-                loss = self.loss(*self.objective.prepare(x, context, self.generator)).mean()
+                loss = self.step_loss(*self.objective.prepare(x, context, self.generator)).mean()
                 value = loss.item()  # the objective's loss, whatever the penalty
                 penalty = flow.penalty() if self.reporting else None
                 loss = loss if penalty is None else loss + penalty
@@ -527,7 +546,7 @@ class _Trainer:
         parallel.initialize(self.flow, x, context)  # data-dependent layers, alike everywhere
         inputs = self.objective.prepare(x, context, self.generator)  # the global batch's draws
         part = self.workers.shard(len(x))
-        nll = self.loss(*(None if v is None else v[part] for v in inputs)).sum()
+        nll = self.step_loss(*(None if v is None else v[part] for v in inputs)).sum()
         loss = nll
         penalty = self.flow.penalty() if self.reporting and part.stop > part.start else None
         if penalty is not None:  # a batch mean: weighted by the part's share
@@ -536,6 +555,14 @@ class _Trainer:
             loss = loss + sum(p.sum() for p in self.flow.parameters()) * 0.0
         (total,) = self.workers.all_sum(nll.item())
         return loss * (self.workers.world_size / len(x)), total / len(x), penalty
+
+    def _eager_only(self) -> str | None:
+        """Why ``compile="auto"`` must stay eager in this run, or None."""
+        if self.workers is not None:  # the ranks' timings differ, and they must decide alike
+            return "a distributed run compiles only with compile=True"
+        if self.reporting:  # an adaptive solve: its steps vary, and so would the graph
+            return "the step solves an ODE"
+        return None
 
     def _say(self, message: str) -> None:
         """A line on stderr, from rank 0 only."""
