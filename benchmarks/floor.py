@@ -1,11 +1,12 @@
-"""How fast could a training step be on this machine? The floor under cases A, B and C.
+"""How fast could a training step be on this machine? The floor under cases A, B, C and D.
 
 A training step's matrix products and its Adam update are work that no fusion of the other
 operations removes. This script records every matrix product of one flowforge training step
 of a case (forward and backward: the operation, its operands' shapes and strides), then
 times in interleaved rounds, after warm-up: the real step; the recorded products alone,
 replayed on operands of the same shapes and strides (warm in the cache, so the replay is
-if anything faster than in the step); the fused Adam update alone, on the model's
+if anything faster than in the step); the same step with ``flow.log_prob`` compiled
+(``torch.compile``, compiled before the timings); the fused Adam update alone, on the model's
 parameters; the step of every installed peer; and a float32 1024x1024 matmul.
 
     floor = products alone + Adam alone
@@ -16,7 +17,9 @@ log-determinants, autograd) were free. The issue's targets can be met only if
 - A and C: floor <= (the fastest peer's step) / 1.3;
 - B: 6 x batch x conditioner weights / floor >= 80% of the matmul peak.
 
-    python -m benchmarks.floor [--cases A B C] [--rounds 20] [--threads 2] [--out FILE]
+The table gives each step, eager and compiled, over the floor; the goal is at most 1.25x.
+
+    python -m benchmarks.floor [--cases A B C D] [--rounds 20] [--threads 2] [--out FILE]
     python -m benchmarks.floor --report [--out FILE]
 
 It prints one markdown table and writes the timings to ``benchmarks/floor.json``.
@@ -34,6 +37,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from . import flowforge_models, peers
+from .compile import compiled, reason
 from .harness import interleaved, matmul, training_step
 
 PRODUCTS = {
@@ -43,6 +47,8 @@ PRODUCTS = {
     torch.ops.aten.baddbmm.default,
 }
 SPEED_UP = 1.3  # the issue's target over the fastest peer (A, C)
+STEP_OVER_FLOOR = 1.25  # the target of a step over the floor, eager or compiled
+OURS = ("step", "compiled", "products", "adam", "matmul")  # the timings that are not peers
 PEAK_SHARE = 0.8  # the issue's target share of the matmul peak (B)
 
 
@@ -124,6 +130,13 @@ def run_case(case: str, args: argparse.Namespace) -> dict:
         "products": replay(products),
         "adam": adam_alone(flowforge_models.build(case).module),
     }
+    compiled_step = training_step(compiled(flowforge_models.build(case)), batch)
+    error = None
+    try:
+        compiled_step()  # compiles, outside the timings
+        calls["compiled"] = compiled_step
+    except Exception as failure:  # a result (no C++ compiler, say), not a crash
+        error = reason(failure)
     for peer in peers.build_installed(case, args.libraries):
         calls[peer.library] = training_step(peer, batch)
     mm, mm_flops = matmul()
@@ -136,7 +149,8 @@ def run_case(case: str, args: argparse.Namespace) -> dict:
         "matmul_gflops": mm_flops / timings["matmul"].median / 1e9,
         "product_count": len(products),
         "product_flops": sum(p.flops for p in products),
-        "peers": [name for name in calls if name not in ("step", "products", "adam", "matmul")],
+        "peers": [name for name in calls if name not in OURS],
+        "compile_error": error,
     }
     if case == "B":
         weights = flowforge_models.conditioner_weights(ours.module)
@@ -149,7 +163,8 @@ def verdict(case: dict) -> dict:
     seconds = {name: timing["median_s"] for name, timing in case["timings"].items()}
     ms = {name: 1e3 * seconds[name] for name in ("step", "products", "adam")}
     floor = ms["products"] + ms["adam"]
-    row = {**ms, "floor": floor, "peer": None, "peer_ms": None}
+    compiled_ms = 1e3 * seconds["compiled"] if "compiled" in seconds else None
+    row = {**ms, "floor": floor, "peer": None, "peer_ms": None, "compiled": compiled_ms}
     if case["peers"]:
         fastest = min(case["peers"], key=seconds.__getitem__)
         row.update(peer=fastest, peer_ms=1e3 * seconds[fastest])
@@ -177,25 +192,38 @@ def verdict(case: dict) -> dict:
 
 def report(results: dict) -> str:
     lines = [
-        "| case | step (ms) | products alone | Adam alone | floor | fastest peer's step | "
+        "| case | step (ms) | compiled step (ms) | products alone | Adam alone | floor | "
+        f"step / floor | compiled / floor (goal <= {STEP_OVER_FLOOR}) | fastest peer's step | "
         "target | at the floor | floor allows the target |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for case in results["cases"]:
         row = verdict(case)
         peer = "-" if row["peer"] is None else f"{row['peer_ms']:.2f} ({row['peer']})"
         allowed = {True: "yes", False: "**no**", None: "-"}[row["reachable"]]
+        if row.get("compiled") is None:  # older records, or a compilation that failed
+            compiled_ms = ratio = case.get("compile_error") or "-"
+        else:
+            compiled_ms = f"{row['compiled']:.2f}"
+            ratio = _ratio(row["compiled"] / row["floor"])
         lines.append(
-            f"| {case['case']}. {case['title']} | {row['step']:.2f} | {row['products']:.2f} "
-            f"({case['product_count']} products) | {row['adam']:.2f} | {row['floor']:.2f} | "
-            f"{peer} | {row['target']} | {row['at_floor']} | {allowed} |"
+            f"| {case['case']}. {case['title']} | {row['step']:.2f} | {compiled_ms} | "
+            f"{row['products']:.2f} ({case['product_count']} products) | {row['adam']:.2f} | "
+            f"{row['floor']:.2f} | {_ratio(row['step'] / row['floor'])} | {ratio} | {peer} | "
+            f"{row['target']} | {row['at_floor']} | {allowed} |"
         )
     return "\n".join(lines)
 
 
+def _ratio(value: float) -> str:
+    """A step over the floor, in bold where it misses the goal."""
+    text = f"{value:.2f}x"
+    return text if value <= STEP_OVER_FLOOR else f"**{text}**"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", nargs="+", default=["A", "B", "C"])
+    parser.add_argument("--cases", nargs="+", default=["A", "B", "C", "D"])
     parser.add_argument("--libraries", nargs="+", default=list(peers.LIBRARIES))
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)

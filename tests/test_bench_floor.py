@@ -77,3 +77,14 @@ def test_verdict_against_the_matmul_peak(flops, reachable):
     row = floor.verdict(_case(0.02, 0.008, 0.002, {"p": 0.03}, flops=flops))
     assert row["reachable"] is reachable
     assert "no" in floor.report({"cases": [_case(0.02, 0.008, 0.002, flops=0.5e9)]})
+
+
+def test_the_report_gives_eager_and_compiled_steps_over_the_floor():
+    case = _case(0.02, 0.008, 0.002)  # a floor of 10 ms
+    case["timings"]["compiled"] = {"median_s": 0.012}
+    line = floor.report({"cases": [case]}).splitlines()[-1]
+    assert "| 12.00 |" in line and "| **2.00x** | 1.20x |" in line
+    del case["timings"]["compiled"]
+    case["compile_error"] = "InvalidCxxCompiler: no compiler"
+    line = floor.report({"cases": [case]}).splitlines()[-1]
+    assert line.count("InvalidCxxCompiler: no compiler") == 2
