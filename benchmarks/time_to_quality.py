@@ -1,0 +1,290 @@
+"""Time to quality: the wall-clock training time until the validation NLL first reaches a fixed
+target, for ``ff.fit`` with its defaults and for each peer trained by the plain Adam loop of
+its documentation, on the same model, data and batches, one after another in one process.
+
+    OMP_NUM_THREADS=1 python -m benchmarks.time_to_quality [--rows two-moons-realnvp ...] \\
+        [--libraries nflows normflows zuko] [--budget 120] [--seeds 0] [--threads 1]
+    python -m benchmarks.time_to_quality --table      # the table of the JSON, no training
+
+Rows (``ROWS``): the model families of ``benchmarks.quality`` (each peer's model built to
+flowforge's architecture and parameter count by ``peers.build_model``) on its data, and a
+continuous flow trained by flow matching beside torchcfm's loop on the same network:
+
+- ``two-moons-realnvp``: case A's Real NVP on two moons (16,000 training points), target
+  validation NLL - H(p) <= 0.08 nats;
+- ``checkerboard-nsf``: case D's spline coupling flow on the checkerboard, target 0.15;
+- ``digits-nsf``: the same family on the 8x8 digits (64-D, dequantised), target validation
+  NLL <= -70 nats (batches of 128, as ``flowforge fit --data digits``);
+- ``two-moons-cnf-fm``: ``models.cnf(2, hidden=(64, 64, 64))`` by flow matching
+  (``objective="flow-matching"``) beside torchcfm's ``ConditionalFlowMatcher`` loss on the
+  same network, target 0.15 nats, scored by the exact log-density on 500 validation points.
+
+flowforge's contestant is ``ff.fit(flow, train, val, epochs=E, batch_size=B)`` with every
+other option at its default (Adam 1e-3, cosine schedule over the planned epochs, ``compile=
+"auto"``); ``E`` is what a user of the row would plan (``Row.epochs``). A peer's is ``Adam(lr=
+1e-3)`` and ``loss = -log_prob(x).mean()`` over the same shuffled batches (torchcfm: its
+documented regression loss), no schedule. Both compute the validation NLL after every epoch
+(flowforge through ``fit``, the peers by their own ``log_prob`` on the same dequantised
+validation split); the clock counts training only (``fit``'s epoch ``seconds``, which include
+any compilation), not the validations. A contestant stops at the target or when its training
+time passes ``--budget`` seconds (or ``fit``'s planned epochs end); ``seconds`` is None if it
+never got there. ``speedup_over_best_peer`` is the fastest peer's time over flowforge's (a
+peer that never reached the target counts as the budget, making the ratio a lower bound,
+``>=``). Writes ``benchmarks/time_to_quality.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+import flowforge as ff
+from flowforge import datasets
+
+from . import peers, quality
+from .__main__ import cpu_model
+
+OUT = Path(__file__).with_name("time_to_quality.json")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One problem: data, model family, target and the epochs a flowforge user would plan."""
+
+    data: str
+    family: str  # a quality family (realnvp, maf, nsf) or "cnf-fm"
+    target_gap: float | None = None  # validation NLL - H(p), for the toys
+    target_nll: float | None = None  # validation NLL in nats, where H(p) is unknown
+    epochs: int = 100  # ff.fit's default
+    batch_size: int = 256  # ff.fit's default
+    val_points: int | None = None  # a validation subset (the CNF's exact solve is costly)
+
+
+ROWS = {
+    "two-moons-realnvp": Row("two-moons", "realnvp", target_gap=0.08),
+    "checkerboard-nsf": Row("checkerboard", "nsf", target_gap=0.15),
+    "digits-nsf": Row("digits", "nsf", target_nll=-70.0, epochs=300, batch_size=128),
+    "two-moons-cnf-fm": Row("two-moons", "cnf-fm", target_gap=0.15, epochs=300, val_points=500),
+}
+PEERS = ("nflows", "normflows", "zuko")
+
+
+class TargetReachedError(Exception):
+    """Raised from ``fit``'s callback: the target is reached or the budget is spent."""
+
+
+def target_of(row: Row, data: datasets.Dataset) -> float:
+    """The row's validation-NLL target in nats."""
+    if row.target_nll is not None:
+        return row.target_nll
+    return data.entropy + row.target_gap
+
+
+def dataset(row: Row) -> datasets.Dataset:
+    data = quality.load(row.data)
+    if row.val_points is not None:
+        val = data.val
+        data = dataclasses.replace(data, val=datasets.Split(val.x[: row.val_points], val.levels))
+    return data
+
+
+def run_flowforge(row: Row, data: datasets.Dataset, target: float, budget: float, seed: int):
+    """``ff.fit`` with its defaults until the target (or the budget)."""
+    torch.manual_seed(seed)
+    if row.family == "cnf-fm":
+        flow, objective = ff.models.cnf(2, hidden=(64, 64, 64)), "flow-matching"
+    else:
+        flow = peers.build_model("flowforge", row.family, data.train.dim).module
+        objective = "likelihood"
+    curve: list[tuple[float, float]] = []
+    clock = [0.0]
+
+    def watch(record: dict) -> None:
+        clock[0] += record["seconds"]
+        curve.append((clock[0], record["val_nll"]))
+        reached = record["val_nll"] is not None and record["val_nll"] <= target
+        if reached or clock[0] > budget:
+            raise TargetReachedError
+
+    events: list = []
+    try:
+        history = ff.fit(
+            flow,
+            data.train,
+            data.val,
+            epochs=row.epochs,
+            batch_size=row.batch_size,
+            progress=False,
+            objective=objective,
+            callback=watch,
+            seed=seed,
+        )
+        events = history.events
+    except TargetReachedError:
+        pass
+    return curve, events
+
+
+def peer_model(library: str, row: Row, dim: int, seed: int):
+    """The peer's trainable module, its loss of a batch and its log-density of points."""
+    torch.manual_seed(seed)
+    if library == "torchcfm":
+        from .cnf_toys import Model
+
+        model = Model("torchcfm-icfm", seed)
+        generator = torch.Generator().manual_seed(seed)
+        return model.flow, lambda x: model.loss(x, generator), model.flow.log_prob
+    subject = peers.build_model(library, row.family, dim)
+    return subject.module, subject.loss, lambda x: peers.log_prob(subject, x)
+
+
+def run_peer(library: str, row: Row, data: datasets.Dataset, target: float, budget, seed: int):
+    """The plain Adam loop of the peer's documentation until the target (or the budget)."""
+    module, loss_of, log_prob = peer_model(library, row, data.train.dim, seed)
+    optimizer = torch.optim.Adam(module.parameters(), lr=1e-3)
+    generator = torch.Generator().manual_seed(seed)
+    train, val = data.train, quality.fixed(data.val, quality.VAL_SEED)
+    curve: list[tuple[float, float]] = []
+    seconds = 0.0
+    while seconds <= budget:
+        module.train()
+        started = time.perf_counter()
+        for index in torch.randperm(len(train), generator=generator).split(row.batch_size):
+            x = train.dequantize(train.x[index], generator)
+            optimizer.zero_grad()
+            loss = loss_of(x)
+            loss.backward()
+            optimizer.step()
+        seconds += time.perf_counter() - started
+        module.eval()
+        with torch.no_grad():
+            val_nll = torch.cat([-log_prob(b).double() for b in val.split(4096)]).mean().item()
+        curve.append((seconds, val_nll if math.isfinite(val_nll) else None))
+        if math.isfinite(val_nll) and val_nll <= target:
+            break
+    return curve
+
+
+def first_time(curve: list, target: float) -> float | None:
+    """The training seconds at which ``curve`` ((seconds, NLL) pairs) first reaches
+    ``target``."""
+    return next((s for s, v in curve if v is not None and v <= target), None)
+
+
+def speedup(ours: float | None, theirs: dict[str, float | None], budget: float) -> dict:
+    """The best peer's time over flowforge's; a peer that never reached the target counts
+    as the budget (the ratio is then a lower bound)."""
+    if ours is None:
+        return {"speedup_over_best_peer": None, "best_peer": None, "lower_bound": False}
+    reached = {k: v for k, v in theirs.items() if v is not None}
+    if reached:
+        best = min(reached, key=reached.__getitem__)
+        return {
+            "speedup_over_best_peer": reached[best] / ours,
+            "best_peer": best,
+            "lower_bound": False,
+        }
+    return {"speedup_over_best_peer": budget / ours, "best_peer": None, "lower_bound": True}
+
+
+def table(results: dict) -> str:
+    """The Markdown table of the rows."""
+    lines = [
+        "| row | seed | target (nats) | flowforge (s) | peers (s) | best peer | speed-up over the "
+        "best peer |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results["rows"]:
+        times = r["seconds"]
+        peer_cells = ", ".join(
+            f"{k} {'-' if v is None else f'{v:.1f}'}" for k, v in times.items() if k != "flowforge"
+        )
+        ours = times["flowforge"]
+        ratio = r["speedup_over_best_peer"]
+        ratio_text = "-" if ratio is None else ("≥ " if r["lower_bound"] else "") + f"{ratio:.2f}x"
+        lines.append(
+            f"| {r['row']} | {r['seed']} | {r['target']:.3f} | "
+            f"{'not reached' if ours is None else f'{ours:.1f}'} | {peer_cells} | "
+            f"{r['best_peer'] or '-'} | {ratio_text} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    parser.add_argument("--libraries", nargs="+", default=list(PEERS))
+    parser.add_argument("--budget", type=float, default=120.0, help="training seconds, at most")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--table", action="store_true", help="print the table of --out")
+    args = parser.parse_args(argv)
+    if args.table:
+        print(table(json.loads(args.out.read_text())))
+        return
+    torch.set_num_threads(args.threads)
+    results = json.loads(args.out.read_text()) if args.out.exists() else {"rows": []}
+    command = " ".join(
+        ["python -m benchmarks.time_to_quality", *(sys.argv[1:] if argv is None else argv)]
+    )
+    results.update(
+        machine=f"{cpu_model()}, {args.threads} thread(s)",
+        torch=torch.__version__,
+        python=platform.python_version(),
+    )
+    results["commands"] = [*results.get("commands", []), command]
+    for seed in args.seeds:
+        for name in args.rows:
+            row = ROWS[name]
+            data = dataset(row)
+            target = target_of(row, data)
+            libraries = ["torchcfm"] if row.family == "cnf-fm" else args.libraries
+            libraries = [lib for lib in libraries if lib == "torchcfm" or peers.available(lib)]
+            order = ["flowforge", *libraries]
+            if seed % 2:
+                order.reverse()  # alternate who goes first, against drifts of the machine
+            curves, events = {}, []
+            for library in order:
+                if library == "flowforge":
+                    curves[library], events = run_flowforge(row, data, target, args.budget, seed)
+                else:
+                    curves[library] = run_peer(library, row, data, target, args.budget, seed)
+                print(f"{name} seed {seed} {library}: {first_time(curves[library], target)}")
+            seconds = {k: first_time(curves[k], target) for k in ["flowforge", *libraries]}
+            record = {
+                "row": name,
+                "seed": seed,
+                "data": row.data,
+                "family": row.family,
+                "target": target,
+                "budget_s": args.budget,
+                "epochs": row.epochs,
+                "batch_size": row.batch_size,
+                "seconds": seconds,
+                **speedup(
+                    seconds["flowforge"],
+                    {k: v for k, v in seconds.items() if k != "flowforge"},
+                    args.budget,
+                ),
+                "compile_events": events,
+                "curves": curves,
+            }
+            results["rows"] = [
+                r for r in results["rows"] if (r["row"], r["seed"]) != (name, seed)
+            ] + [record]
+            args.out.write_text(json.dumps(results, indent=1) + "\n")
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""benchmarks/time_to_quality.py: the time to a target read from a curve, the speed-up over
+the best peer (a lower bound where no peer got there), the table, and flowforge's contestant
+stopping at its target."""
+
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # benchmarks/ is a folder of the repository, not installed
+    sys.path.insert(0, str(ROOT))
+ttq = importlib.import_module("benchmarks.time_to_quality")
+
+
+def test_the_first_time_under_the_target():
+    curve = [(1.0, 3.0), (2.0, None), (3.0, 1.9), (4.0, 1.5)]
+    assert ttq.first_time(curve, 2.0) == 3.0
+    assert ttq.first_time(curve, 1.0) is None
+
+
+def test_the_speedup_over_the_best_peer():
+    result = ttq.speedup(10.0, {"zuko": 25.0, "nflows": 15.0, "normflows": None}, 120.0)
+    assert result == {"speedup_over_best_peer": 1.5, "best_peer": "nflows", "lower_bound": False}
+    bound = ttq.speedup(10.0, {"zuko": None}, 120.0)
+    assert bound == {"speedup_over_best_peer": 12.0, "best_peer": None, "lower_bound": True}
+    assert ttq.speedup(None, {"zuko": 3.0}, 120.0)["speedup_over_best_peer"] is None
+
+
+def test_the_table():
+    row = {
+        "row": "two-moons-realnvp",
+        "seed": 0,
+        "target": 1.088,
+        "seconds": {"flowforge": 5.0, "zuko": 8.0, "nflows": None},
+        **ttq.speedup(5.0, {"zuko": 8.0, "nflows": None}, 60.0),
+    }
+    line = ttq.table({"rows": [row]}).splitlines()[-1]
+    assert line == "| two-moons-realnvp | 0 | 1.088 | 5.0 | zuko 8.0, nflows - | zuko | 1.60x |"
+
+
+def test_flowforge_stops_at_its_target():
+    row = ttq.ROWS["two-moons-realnvp"]
+    data = ttq.dataset(row)
+    target = ttq.target_of(row, data)
+    assert target == pytest.approx(data.entropy + 0.08)
+    curve, _ = ttq.run_flowforge(row, data, target=10.0, budget=60.0, seed=0)
+    assert len(curve) == 1 and curve[0][1] <= 10.0  # reached at the first epoch: stopped
+    curve, _ = ttq.run_flowforge(row, data, target=-10.0, budget=0.1, seed=0)
+    assert len(curve) == 1 and ttq.first_time(curve, -10.0) is None  # the budget ended it
