@@ -34,7 +34,10 @@ The tables (``NAME``: what makes it, and the JSON it reads):
 - ``cnf-quality`` and ``cnf-sampling``: ``benchmarks.cnf_toys.quality_table`` (of the
   longest budget with curves) and ``benchmarks.cnf_toys.sampling_table``,
   ``benchmarks/cnf_toys.json``;
-- ``amortized-fm``: ``benchmarks.amortized_fm.table``, ``benchmarks/amortized_fm.json``.
+- ``amortized-fm``: ``benchmarks.amortized_fm.table``, ``benchmarks/amortized_fm.json``;
+- ``time-to-quality``: ``benchmarks.time_to_quality.table``,
+  ``benchmarks/time_to_quality.json``;
+- ``vi-guide``: ``benchmarks.vi_guide.table``, ``benchmarks/vi_guide.json``.
 
 An unknown name, a missing JSON file, a malformed marker or a renderer that fails raises
 :class:`TableError`, naming the page and the marker, which stops ``mkdocs build``.
@@ -167,6 +170,14 @@ def amortized_fm(path: Path) -> str:
     return _module("amortized_fm").table(_load(path)["rows"])
 
 
+def time_to_quality(path: Path) -> str:
+    return _module("time_to_quality").table(_load(path))
+
+
+def vi_guide(path: Path) -> str:
+    return _module("vi_guide").table(_load(path))
+
+
 def cnf_batch(path: Path) -> str:
     return _module("cnf_batch").table(_load(path))
 
@@ -177,6 +188,8 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "cnf-quality": cnf_quality,
     "cnf-sampling": cnf_sampling,
     "amortized-fm": amortized_fm,
+    "time-to-quality": time_to_quality,
+    "vi-guide": vi_guide,
     "speed": speed,
     "floor": floor,
     "fused": fused,

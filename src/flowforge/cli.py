@@ -291,6 +291,13 @@ def _add_fit(commands) -> None:
         help="compile the training step with torch.compile: auto (default: when the run's "
         "steps repay the compile time), true or false",
     )
+    options.add_argument(
+        "--ema",
+        type=_number(strict=True),
+        metavar="DECAY",
+        help="evaluate and keep an exponential moving average of the weights with this decay "
+        "in (0, 1), e.g. 0.99 (default: none)",
+    )
     options.add_argument("--tensorboard", help="TensorBoard log directory")
 
 

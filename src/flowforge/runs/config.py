@@ -36,6 +36,7 @@ DEFAULTS: dict[str, Any] = {
     "coupling_reg": 0.05,  # the entropic regulariser of the "sinkhorn" pairing
     "sigma_min": 0.0,  # flow matching's path width at the data
     "compile": "auto",  # torch.compile the training step: "auto" (when it pays), true, false
+    "ema": None,  # the decay of a moving average of the weights, evaluated and kept
     "device": "cpu",
     "dtype": "float32",
     "layers": None,  # None: the model builder's default
@@ -193,6 +194,10 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
         "a number in [0, 1)",
     ),
     "compile": (lambda v: v == "auto" or isinstance(v, bool), "auto, true or false"),
+    "ema": (
+        _optional(lambda v: finite_number(v) is not None and 0 < finite_number(v) < 1),
+        "a decay in (0, 1) such as 0.99, or null",
+    ),
     "device": (lambda v: isinstance(v, str), "a torch device such as cpu or cuda"),
     "dtype": (lambda v: v in ("float32", "float64"), "float32 or float64"),
     "layers": (_optional(_positive_int), "a positive integer or null"),
@@ -213,7 +218,7 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "steps": (_positive_int, "a positive integer"),
     "anneal": (_optional(lambda v: isinstance(v, int) and v >= 0), "a number of steps or null"),
 }
-FLOATS = ("lr", "weight_decay", "clip", "divergence_threshold", "sigma_min", "coupling_reg")
+FLOATS = ("lr", "weight_decay", "clip", "divergence_threshold", "sigma_min", "coupling_reg", "ema")
 
 
 MAX_YAML_VALUES = 1_000_000  # values in a config file, counting each use of a YAML alias

@@ -58,6 +58,7 @@ FIXED_ON_RESUME = (
     "coupling",
     "coupling_reg",
     "sigma_min",
+    "ema",
 )
 
 
@@ -108,6 +109,7 @@ def fit_run(
             rollbacks=config["rollbacks"],
             objective=objective,
             compile=config["compile"],
+            ema=config["ema"],
             device=config["device"],
             dtype=getattr(torch, config["dtype"]),
             seed=config["seed"],

@@ -19,9 +19,10 @@ it pays only after a few thousand steps. `StepCompiler` decides from what it mea
    taken eagerly from then on (``"auto"`` and ``True`` alike): the failed call changed
    nothing, so the run goes on as an eager one would.
 
-Every decision is an entry of ``History.events`` (``"compiled"``, ``"compile skipped"``,
-``"compile reverted"``, ``"compile failed"``). Batches of another size than the first (an
-epoch's last, partial batch) run eagerly, so that one static graph serves the run.
+What happened is an entry of ``History.events`` (``"compiled"``, ``"compile reverted"``,
+``"compile failed"``); a run that stays eager records nothing. Batches of another size than
+the first (an epoch's last, partial batch) run eagerly, so that one static graph serves the
+run.
 """
 
 from __future__ import annotations
@@ -96,6 +97,7 @@ class StepCompiler:
         self.eager_seconds: float | None = None
         self.compiled_seconds: float | None = None
         self.compile_seconds: float | None = None
+        self.skipped: str | None = None  # why "auto" stayed eager, once it decided so
 
     def __call__(self, *inputs: Tensor | None) -> Tensor:
         now = time.perf_counter()
@@ -128,22 +130,14 @@ class StepCompiler:
             self.compiled = torch.compile(self.module, dynamic=False)
             self.state = "compiling"
             return
-        self.state = "eager"
-        reason = self.eager_only or "the steps left do not repay the expected compile time"
-        self.record(
-            {
-                "event": "compile skipped",
-                "steps_left": left,
-                "eager_ms": 1e3 * self.eager_seconds,
-                "reason": reason,
-            }
-        )
+        self.state = "eager"  # a short run or an eager-only one: nothing to record
+        self.skipped = self.eager_only or "the steps left do not repay the expected compile time"
 
     def _compiled_call(self, inputs: tuple[Tensor | None, ...]) -> Tensor:
         started = time.perf_counter()
         try:
             out = self.compiled(*inputs)
-        except Exception as error:  # noqa: BLE001 - any failure of the compiler
+        except Exception as error:  # any failure of the compiler
             self.state, self.compiled = "failed", None
             reason = (str(error).strip().splitlines() or [""])[0][:200]
             self.record({"event": "compile failed", "error": f"{type(error).__name__}: {reason}"})
