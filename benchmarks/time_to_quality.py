@@ -97,8 +97,10 @@ def dataset(row: Row) -> datasets.Dataset:
     return data
 
 
-def run_flowforge(row: Row, data: datasets.Dataset, target: float, budget: float, seed: int):
-    """``ff.fit`` with its defaults until the target (or the budget)."""
+def run_flowforge(
+    row: Row, data: datasets.Dataset, target: float, budget: float, seed: int, **options
+):
+    """``ff.fit`` with its defaults (but ``options``) until the target (or the budget)."""
     torch.manual_seed(seed)
     if row.family == "cnf-fm":
         flow, objective = ff.models.cnf(2, hidden=(64, 64, 64)), "flow-matching"
@@ -127,6 +129,7 @@ def run_flowforge(row: Row, data: datasets.Dataset, target: float, budget: float
             objective=objective,
             callback=watch,
             seed=seed,
+            **options,
         )
         events = history.events
     except TargetReachedError:
@@ -206,14 +209,22 @@ def table(results: dict) -> str:
     for r in results["rows"]:
         times = r["seconds"]
         peer_cells = ", ".join(
-            f"{k} {'-' if v is None else f'{v:.1f}'}" for k, v in times.items() if k != "flowforge"
+            f"{k} {'-' if v is None else f'{v:.1f}'}"
+            for k, v in times.items()
+            if not k.startswith("flowforge")
         )
-        ours = times["flowforge"]
+        ours = "not reached" if times["flowforge"] is None else f"{times['flowforge']:.1f}"
+        variants = [
+            f"{k.removeprefix('flowforge ')}: {'-' if v is None else f'{v:.1f}'}"
+            for k, v in times.items()
+            if k.startswith("flowforge ")
+        ]
+        if variants:
+            ours += f" ({', '.join(variants)})"
         ratio = r["speedup_over_best_peer"]
         ratio_text = "-" if ratio is None else ("≥ " if r["lower_bound"] else "") + f"{ratio:.2f}x"
         lines.append(
-            f"| {r['row']} | {r['seed']} | {r['target']:.3f} | "
-            f"{'not reached' if ours is None else f'{ours:.1f}'} | {peer_cells} | "
+            f"| {r['row']} | {r['seed']} | {r['target']:.3f} | {ours} | {peer_cells} | "
             f"{r['best_peer'] or '-'} | {ratio_text} |"
         )
     return "\n".join(lines)
@@ -226,6 +237,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--budget", type=float, default=120.0, help="training seconds, at most")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--ema",
+        type=float,
+        help="also run ff.fit with this ema= (the contestant 'flowforge ema=D', not compared)",
+    )
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--table", action="store_true", help="print the table of --out")
     args = parser.parse_args(argv)
@@ -250,17 +266,24 @@ def main(argv: list[str] | None = None) -> None:
             target = target_of(row, data)
             libraries = ["torchcfm"] if row.family == "cnf-fm" else args.libraries
             libraries = [lib for lib in libraries if lib == "torchcfm" or peers.available(lib)]
-            order = ["flowforge", *libraries]
+            variant = [] if args.ema is None else [f"flowforge ema={args.ema:g}"]
+            order = ["flowforge", *variant, *libraries]
             if seed % 2:
                 order.reverse()  # alternate who goes first, against drifts of the machine
             curves, events = {}, []
             for library in order:
                 if library == "flowforge":
                     curves[library], events = run_flowforge(row, data, target, args.budget, seed)
+                elif library.startswith("flowforge ema="):
+                    curves[library], _ = run_flowforge(
+                        row, data, target, args.budget, seed, ema=args.ema
+                    )
                 else:
                     curves[library] = run_peer(library, row, data, target, args.budget, seed)
                 print(f"{name} seed {seed} {library}: {first_time(curves[library], target)}")
-            seconds = {k: first_time(curves[k], target) for k in ["flowforge", *libraries]}
+            seconds = {
+                k: first_time(curves[k], target) for k in ["flowforge", *variant, *libraries]
+            }
             record = {
                 "row": name,
                 "seed": seed,
@@ -273,7 +296,7 @@ def main(argv: list[str] | None = None) -> None:
                 "seconds": seconds,
                 **speedup(
                     seconds["flowforge"],
-                    {k: v for k, v in seconds.items() if k != "flowforge"},
+                    {k: v for k, v in seconds.items() if not k.startswith("flowforge")},
                     args.budget,
                 ),
                 "compile_events": events,

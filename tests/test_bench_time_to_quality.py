@@ -38,6 +38,9 @@ def test_the_table():
     }
     line = ttq.table({"rows": [row]}).splitlines()[-1]
     assert line == "| two-moons-realnvp | 0 | 1.088 | 5.0 | zuko 8.0, nflows - | zuko | 1.60x |"
+    row["seconds"]["flowforge ema=0.99"] = 4.0
+    line = ttq.table({"rows": [row]}).splitlines()[-1]
+    assert "| 5.0 (ema=0.99: 4.0) | zuko 8.0, nflows - |" in line
 
 
 def test_flowforge_stops_at_its_target():
