@@ -357,8 +357,8 @@ class _Trainer:
         self.history.stopped, self.history.signal = "finished", None
         self.monitor.load_state_dict(metadata.get("monitor") or self.monitor.state_dict())
         self.rollbacks_used = metadata.get("rollbacks_used", 0)
-        if self.average is not None:
-            extra = checkpoint.extra_tensors(tensors)
+        if self.average is not None and "ema_updates" in metadata:  # else a checkpoint from
+            extra = checkpoint.extra_tensors(tensors)  # before ema existed: start it afresh
             averaged = {k[4:]: v for k, v in extra.items() if k.startswith("ema.")}
             self.average.load_state_dict(averaged, metadata["ema_updates"])
         position = metadata.get("position")
