@@ -17,7 +17,11 @@ continuous flow trained by flow matching beside torchcfm's loop on the same netw
   NLL <= -70 nats (batches of 128, as ``flowforge fit --data digits``);
 - ``two-moons-cnf-fm``: ``models.cnf(2, hidden=(64, 64, 64))`` by flow matching
   (``objective="flow-matching"``) beside torchcfm's ``ConditionalFlowMatcher`` loss on the
-  same network, target 0.15 nats, scored by the exact log-density on 500 validation points.
+  same network, target 0.15 nats, scored by the exact log-density on 500 validation points;
+- ``mnist-nice``: case B, the NICE paper's MNIST model (4 additive couplings of 5x1000, 784-D,
+  logistic base) on MNIST dequantised to [0, 1] (``--mnist-dir``, default
+  ``../shared/data/mnist`` beside the repository), target validation NLL <= -1500 nats (a
+  log-likelihood of 1,500 nats; the paper ends at 1980.5), a budget of 300 s.
 
 flowforge's contestant is ``ff.fit(flow, train, val, epochs=E, batch_size=B)`` with every
 other option at its default (Adam 1e-3, cosine schedule over the planned epochs, ``compile=
@@ -50,7 +54,7 @@ import torch
 import flowforge as ff
 from flowforge import datasets
 
-from . import peers, quality
+from . import flowforge_models, peers, quality
 from .__main__ import cpu_model
 
 OUT = Path(__file__).with_name("time_to_quality.json")
@@ -67,6 +71,8 @@ class Row:
     epochs: int = 100  # ff.fit's default
     batch_size: int = 256  # ff.fit's default
     val_points: int | None = None  # a validation subset (the CNF's exact solve is costly)
+    case: str | None = None  # a benchmark case whose models every library has (NICE: "B")
+    budget: float | None = None  # training seconds, if not --budget
 
 
 ROWS = {
@@ -74,7 +80,9 @@ ROWS = {
     "checkerboard-nsf": Row("checkerboard", "nsf", target_gap=0.15),
     "digits-nsf": Row("digits", "nsf", target_nll=-70.0, epochs=300, batch_size=128),
     "two-moons-cnf-fm": Row("two-moons", "cnf-fm", target_gap=0.15, epochs=300, val_points=500),
+    "mnist-nice": Row("mnist", "nice", target_nll=-1500.0, case="B", budget=300.0),
 }
+MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 PEERS = ("nflows", "normflows", "zuko")
 
 
@@ -89,7 +97,9 @@ def target_of(row: Row, data: datasets.Dataset) -> float:
     return data.entropy + row.target_gap
 
 
-def dataset(row: Row) -> datasets.Dataset:
+def dataset(row: Row, mnist_dir: Path = MNIST) -> datasets.Dataset:
+    if row.data == "mnist":
+        return datasets.load("mnist", data_dir=mnist_dir, flatten=True)
     data = quality.load(row.data)
     if row.val_points is not None:
         val = data.val
@@ -104,6 +114,8 @@ def run_flowforge(
     torch.manual_seed(seed)
     if row.family == "cnf-fm":
         flow, objective = ff.models.cnf(2, hidden=(64, 64, 64)), "flow-matching"
+    elif row.case is not None:
+        flow, objective = flowforge_models.build(row.case).module, "likelihood"
     else:
         flow = peers.build_model("flowforge", row.family, data.train.dim).module
         objective = "likelihood"
@@ -146,7 +158,10 @@ def peer_model(library: str, row: Row, dim: int, seed: int):
         model = Model("torchcfm-icfm", seed)
         generator = torch.Generator().manual_seed(seed)
         return model.flow, lambda x: model.loss(x, generator), model.flow.log_prob
-    subject = peers.build_model(library, row.family, dim)
+    if row.case is not None:
+        subject = peers.build(library, row.case)
+    else:
+        subject = peers.build_model(library, row.family, dim)
     return subject.module, subject.loss, lambda x: peers.log_prob(subject, x)
 
 
@@ -234,7 +249,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     parser.add_argument("--libraries", nargs="+", default=list(PEERS))
-    parser.add_argument("--budget", type=float, default=120.0, help="training seconds, at most")
+    parser.add_argument(
+        "--budget", type=float, default=120.0, help="training seconds, at most (NICE: 300)"
+    )
+    parser.add_argument("--mnist-dir", type=Path, default=MNIST, help="the MNIST IDX files")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
@@ -262,7 +280,8 @@ def main(argv: list[str] | None = None) -> None:
     for seed in args.seeds:
         for name in args.rows:
             row = ROWS[name]
-            data = dataset(row)
+            data = dataset(row, args.mnist_dir)
+            budget = row.budget or args.budget
             target = target_of(row, data)
             libraries = ["torchcfm"] if row.family == "cnf-fm" else args.libraries
             libraries = [lib for lib in libraries if lib == "torchcfm" or peers.available(lib)]
@@ -273,13 +292,13 @@ def main(argv: list[str] | None = None) -> None:
             curves, events = {}, []
             for library in order:
                 if library == "flowforge":
-                    curves[library], events = run_flowforge(row, data, target, args.budget, seed)
+                    curves[library], events = run_flowforge(row, data, target, budget, seed)
                 elif library.startswith("flowforge ema="):
                     curves[library], _ = run_flowforge(
-                        row, data, target, args.budget, seed, ema=args.ema
+                        row, data, target, budget, seed, ema=args.ema
                     )
                 else:
-                    curves[library] = run_peer(library, row, data, target, args.budget, seed)
+                    curves[library] = run_peer(library, row, data, target, budget, seed)
                 print(f"{name} seed {seed} {library}: {first_time(curves[library], target)}")
             seconds = {
                 k: first_time(curves[k], target) for k in ["flowforge", *variant, *libraries]
@@ -290,14 +309,14 @@ def main(argv: list[str] | None = None) -> None:
                 "data": row.data,
                 "family": row.family,
                 "target": target,
-                "budget_s": args.budget,
+                "budget_s": budget,
                 "epochs": row.epochs,
                 "batch_size": row.batch_size,
                 "seconds": seconds,
                 **speedup(
                     seconds["flowforge"],
                     {k: v for k, v in seconds.items() if not k.startswith("flowforge")},
-                    args.budget,
+                    budget,
                 ),
                 "compile_events": events,
                 "curves": curves,
