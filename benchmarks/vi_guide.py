@@ -74,6 +74,12 @@ def posterior() -> torch.distributions.MultivariateNormal:
     return torch.distributions.MultivariateNormal(covariance @ A.T @ Y / NOISE**2, covariance)
 
 
+def log_joint(z: torch.Tensor) -> torch.Tensor:
+    """log p(z, y) of each row of ``z`` ``(n, 2)``: the posterior's unnormalised density."""
+    prior = torch.distributions.Normal(0.0, 1.0).log_prob(z).sum(-1)
+    return prior + torch.distributions.Normal(z @ A.T, NOISE).log_prob(Y).sum(-1)
+
+
 def model() -> None:
     z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
     pyro.sample("y", dist.Normal(z @ A.T, NOISE).to_event(1), obs=Y)
@@ -141,26 +147,29 @@ def kl_to_posterior(variant: str, flow: nn.Module, draws: int = 20_000) -> tuple
     return values.mean().item(), (values.std() / math.sqrt(draws)).item()
 
 
-def run(variant: str, seed: int, steps: int) -> dict:
+def svi_step(flow: nn.Module, distribution: object):
+    """One SVI step of the guide ``distribution()``, whose parameters are ``flow``'s, per
+    call (the param store is cleared; the random state is the caller's)."""
     pyro.clear_param_store()
-    torch.manual_seed(seed)
-    pyro.set_rng_seed(seed)
-    flow, distribution = build(variant)
 
     def guide() -> None:
         pyro.module("flow", flow)
         pyro.sample("z", distribution())
 
-    svi = SVI(
-        model,
-        guide,
-        pyro.optim.Adam({"lr": 3e-3}),
-        Trace_ELBO(16, max_plate_nesting=1, vectorize_particles=True),
-    )
+    elbo = Trace_ELBO(16, max_plate_nesting=1, vectorize_particles=True)
+    return SVI(model, guide, pyro.optim.Adam({"lr": 3e-3}), elbo).step
+
+
+def run(variant: str, seed: int, steps: int) -> dict:
+    pyro.clear_param_store()
+    torch.manual_seed(seed)
+    pyro.set_rng_seed(seed)
+    flow, distribution = build(variant)
+    step_once = svi_step(flow, distribution)
     curve = []
     started = time.perf_counter()
     for step in range(1, steps + 1):
-        svi.step()
+        step_once()
         if step % 250 == 0:
             curve.append((step, kl_to_posterior(variant, flow, 4_000)[0]))
     seconds = time.perf_counter() - started

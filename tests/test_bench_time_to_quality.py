@@ -52,3 +52,10 @@ def test_flowforge_stops_at_its_target():
     assert len(curve) == 1 and curve[0][1] <= 10.0  # reached at the first epoch: stopped
     curve, _ = ttq.run_flowforge(row, data, target=-10.0, budget=0.1, seed=0)
     assert len(curve) == 1 and ttq.first_time(curve, -10.0) is None  # the budget ended it
+
+
+def test_the_variational_row_stops_at_its_kl():
+    row = ttq.ROWS["vi-realnvp"]
+    assert ttq.dataset(row) is None and ttq.target_of(row, None) == 0.002
+    curve = ttq.run_variational("flowforge", row, target=1.0, budget=60.0, seed=0)
+    assert len(curve) == 1 and 0 <= curve[0][1] <= 1.0  # a KL, reached at the first score
