@@ -45,6 +45,7 @@ import dataclasses
 import json
 import math
 import platform
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -313,6 +314,37 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def summary(results: dict) -> str:
+    """Per row over its seeds: the median time of flowforge and of the best peer, and the
+    median and range of the speed-up."""
+    lines = [
+        "| row | target (nats) | seeds | flowforge, median (s) | best peer, median (s) | "
+        "speed-up, median (range) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name in dict.fromkeys(r["row"] for r in results["rows"]):
+        rows = [r for r in results["rows"] if r["row"] == name]
+        ours = [r["seconds"]["flowforge"] for r in rows if r["seconds"]["flowforge"] is not None]
+        theirs = [
+            min(v for k, v in r["seconds"].items() if not k.startswith("flowforge") and v)
+            for r in rows
+            if any(v for k, v in r["seconds"].items() if not k.startswith("flowforge"))
+        ]
+        ratios = [r["speedup_over_best_peer"] for r in rows if r["speedup_over_best_peer"]]
+        bound = "≥ " if any(r["lower_bound"] for r in rows) else ""
+        cells = [
+            f"{statistics.median(ours):.1f}" if ours else "not reached",
+            f"{statistics.median(theirs):.1f}" if theirs else "not reached",
+            f"{bound}{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
+            if ratios
+            else "-",
+        ]
+        lines.append(
+            f"| {name} | {rows[0]['target']:.3f} | {len(rows)} | " + " | ".join(cells) + " |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
@@ -332,7 +364,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--table", action="store_true", help="print the table of --out")
     args = parser.parse_args(argv)
     if args.table:
-        print(table(json.loads(args.out.read_text())))
+        results = json.loads(args.out.read_text())
+        print(summary(results) + "\n\n" + table(results))
         return
     torch.set_num_threads(args.threads)
     results = json.loads(args.out.read_text()) if args.out.exists() else {"rows": []}
@@ -397,7 +430,7 @@ def main(argv: list[str] | None = None) -> None:
                 r for r in results["rows"] if (r["row"], r["seed"]) != (name, seed)
             ] + [record]
             args.out.write_text(json.dumps(results, indent=1) + "\n")
-    print(table(results))
+    print(summary(results) + "\n\n" + table(results))
 
 
 if __name__ == "__main__":

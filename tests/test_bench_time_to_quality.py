@@ -59,3 +59,18 @@ def test_the_variational_row_stops_at_its_kl():
     assert ttq.dataset(row) is None and ttq.target_of(row, None) == 0.002
     curve = ttq.run_variational("flowforge", row, target=1.0, budget=60.0, seed=0)
     assert len(curve) == 1 and 0 <= curve[0][1] <= 1.0  # a KL, reached at the first score
+
+
+def test_the_summary_takes_medians_over_seeds():
+    rows = []
+    for seed, (ours, peer) in enumerate([(2.0, 4.0), (3.0, 3.0), (1.0, None)]):
+        row = {
+            "row": "r",
+            "seed": seed,
+            "target": 1.0,
+            "seconds": {"flowforge": ours, "zuko": peer},
+        }
+        rows.append({**row, **ttq.speedup(ours, {"zuko": peer}, 10.0)})
+    line = ttq.summary({"rows": rows}).splitlines()[-1]
+    # speed-ups 2.0, 1.0 and (no peer got there) >= 10: the median 2.0, a lower bound
+    assert line == "| r | 1.000 | 3 | 2.0 | 3.5 | ≥ 2.00x (1.00-10.00) |"

@@ -35,8 +35,8 @@ The tables (``NAME``: what makes it, and the JSON it reads):
   longest budget with curves) and ``benchmarks.cnf_toys.sampling_table``,
   ``benchmarks/cnf_toys.json``;
 - ``amortized-fm``: ``benchmarks.amortized_fm.table``, ``benchmarks/amortized_fm.json``;
-- ``time-to-quality``: ``benchmarks.time_to_quality.table``,
-  ``benchmarks/time_to_quality.json``;
+- ``time-to-quality`` and ``time-to-quality-summary``: ``benchmarks.time_to_quality.table``
+  and ``.summary``, ``benchmarks/time_to_quality.json``;
 - ``vi-guide``: ``benchmarks.vi_guide.table``, ``benchmarks/vi_guide.json``.
 
 An unknown name, a missing JSON file, a malformed marker or a renderer that fails raises
@@ -174,6 +174,10 @@ def time_to_quality(path: Path) -> str:
     return _module("time_to_quality").table(_load(path))
 
 
+def time_to_quality_summary(path: Path) -> str:
+    return _module("time_to_quality").summary(_load(path))
+
+
 def vi_guide(path: Path) -> str:
     return _module("vi_guide").table(_load(path))
 
@@ -189,6 +193,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "cnf-sampling": cnf_sampling,
     "amortized-fm": amortized_fm,
     "time-to-quality": time_to_quality,
+    "time-to-quality-summary": time_to_quality_summary,
     "vi-guide": vi_guide,
     "speed": speed,
     "floor": floor,
