@@ -139,17 +139,16 @@ def run_flowforge(
 
     events: list = []
     try:
+        settings = {"epochs": row.epochs, "batch_size": row.batch_size, **options}
         history = ff.fit(
             flow,
             data.train,
             data.val,
-            epochs=row.epochs,
-            batch_size=row.batch_size,
             progress=False,
             objective=objective,
             callback=watch,
             seed=seed,
-            **options,
+            **settings,
         )
         events = history.events
     except TargetReachedError:
@@ -345,6 +344,11 @@ def summary(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _number(text: str) -> int | float:
+    """A variant's value: an integer where it reads as one, else a float."""
+    return int(text) if text.lstrip("-").isdigit() else float(text)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
@@ -360,6 +364,15 @@ def main(argv: list[str] | None = None) -> None:
         type=float,
         help="also run ff.fit with this ema= (the contestant 'flowforge ema=D', not compared)",
     )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="also run ff.fit with this keyword changed, e.g. lr=2e-3 or batch_size=512 "
+        "(the contestant 'flowforge KEY=VALUE', not compared; repeatable)",
+    )
+    parser.add_argument("--no-peers", action="store_true", help="flowforge's contestants only")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--table", action="store_true", help="print the table of --out")
     args = parser.parse_args(argv)
@@ -388,7 +401,9 @@ def main(argv: list[str] | None = None) -> None:
             if row.family in VARIATIONAL:
                 libraries = ["zuko"]
             libraries = [lib for lib in libraries if lib == "torchcfm" or peers.available(lib)]
-            variant = [] if args.ema is None else [f"flowforge ema={args.ema:g}"]
+            libraries = [] if args.no_peers else libraries
+            changes = [f"ema={args.ema:g}"] * (args.ema is not None) + args.variant
+            variant = [f"flowforge {change}" for change in changes]
             order = ["flowforge", *variant, *libraries]
             if seed % 2:
                 order.reverse()  # alternate who goes first, against drifts of the machine
@@ -398,9 +413,10 @@ def main(argv: list[str] | None = None) -> None:
                     curves[library] = run_variational(library, row, target, budget, seed)
                 elif library == "flowforge":
                     curves[library], events = run_flowforge(row, data, target, budget, seed)
-                elif library.startswith("flowforge ema="):
+                elif library.startswith("flowforge "):
+                    key, value = library.removeprefix("flowforge ").split("=", 1)
                     curves[library], _ = run_flowforge(
-                        row, data, target, budget, seed, ema=args.ema
+                        row, data, target, budget, seed, **{key: _number(value)}
                     )
                 else:
                     curves[library] = run_peer(library, row, data, target, budget, seed)
