@@ -402,7 +402,7 @@ def main(argv: list[str] | None = None) -> None:
                 libraries = ["zuko"]
             libraries = [lib for lib in libraries if lib == "torchcfm" or peers.available(lib)]
             libraries = [] if args.no_peers else libraries
-            changes = [f"ema={args.ema:g}"] * (args.ema is not None) + args.variant
+            changes = ([] if args.ema is None else [f"ema={args.ema:g}"]) + args.variant
             variant = [f"flowforge {change}" for change in changes]
             order = ["flowforge", *variant, *libraries]
             if seed % 2:
