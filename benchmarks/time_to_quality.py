@@ -344,6 +344,30 @@ def summary(results: dict) -> str:
     return "\n".join(lines)
 
 
+def variants(results: dict) -> str:
+    """Per row, the median time of each of flowforge's contestants over the seeds (``-``:
+    not reached in half of them or more)."""
+    names = list(
+        dict.fromkeys(k for r in results["rows"] for k in r["seconds"] if k.startswith("flowforge"))
+    )
+    labels = [name.removeprefix("flowforge").strip() or "defaults" for name in names]
+    lines = ["| row | seeds | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(names)]
+    for row in dict.fromkeys(r["row"] for r in results["rows"]):
+        rows = [r for r in results["rows"] if r["row"] == row]
+        cells = []
+        for name in names:
+            times = [r["seconds"].get(name) for r in rows]
+            reached = sorted(t for t in times if t is not None)
+            if len(reached) * 2 <= len(times):
+                cells.append("-")
+            else:
+                cells.append(
+                    f"{statistics.median(reached + [math.inf] * (len(times) - len(reached))):.1f}"
+                )
+        lines.append(f"| {row} | {len(rows)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _number(text: str) -> int | float:
     """A variant's value: an integer where it reads as one, else a float."""
     return int(text) if text.lstrip("-").isdigit() else float(text)

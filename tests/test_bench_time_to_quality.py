@@ -74,3 +74,17 @@ def test_the_summary_takes_medians_over_seeds():
     line = ttq.summary({"rows": rows}).splitlines()[-1]
     # speed-ups 2.0, 1.0 and (no peer got there) >= 10: the median 2.0, a lower bound
     assert line == "| r | 1.000 | 3 | 2.0 | 3.5 | ≥ 2.00x (1.00-10.00) |"
+
+
+def test_the_variants_table_gives_each_contestant_s_median():
+    rows = [
+        {"row": "r", "seconds": {"flowforge": 2.0, "flowforge lr=0.003": None}},
+        {"row": "r", "seconds": {"flowforge": 4.0, "flowforge lr=0.003": 1.0}},
+        {"row": "r", "seconds": {"flowforge": 3.0, "flowforge lr=0.003": 2.0}},
+    ]
+    lines = ttq.variants({"rows": rows}).splitlines()
+    assert lines[0] == "| row | seeds | defaults | lr=0.003 |"
+    # the unreached seed counts as slowest: the median of 1, 2, inf is 2
+    assert lines[-1] == "| r | 3 | 3.0 | 2.0 |"
+    rows[1]["seconds"]["flowforge lr=0.003"] = None
+    assert ttq.variants({"rows": rows}).splitlines()[-1] == "| r | 3 | 3.0 | - |"

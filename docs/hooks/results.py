@@ -36,7 +36,8 @@ The tables (``NAME``: what makes it, and the JSON it reads):
   ``benchmarks/cnf_toys.json``;
 - ``amortized-fm``: ``benchmarks.amortized_fm.table``, ``benchmarks/amortized_fm.json``;
 - ``time-to-quality`` and ``time-to-quality-summary``: ``benchmarks.time_to_quality.table``
-  and ``.summary``, ``benchmarks/time_to_quality.json``;
+  and ``.summary``, ``benchmarks/time_to_quality.json``; ``fit-variants``:
+  ``benchmarks.time_to_quality.variants``, ``benchmarks/fit_variants.json``;
 - ``vi-guide``: ``benchmarks.vi_guide.table``, ``benchmarks/vi_guide.json``.
 
 An unknown name, a missing JSON file, a malformed marker or a renderer that fails raises
@@ -178,6 +179,10 @@ def time_to_quality_summary(path: Path) -> str:
     return _module("time_to_quality").summary(_load(path))
 
 
+def fit_variants(path: Path) -> str:
+    return _module("time_to_quality").variants(_load(path))
+
+
 def vi_guide(path: Path) -> str:
     return _module("vi_guide").table(_load(path))
 
@@ -194,6 +199,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "amortized-fm": amortized_fm,
     "time-to-quality": time_to_quality,
     "time-to-quality-summary": time_to_quality_summary,
+    "fit-variants": fit_variants,
     "vi-guide": vi_guide,
     "speed": speed,
     "floor": floor,
