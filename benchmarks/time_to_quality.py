@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import importlib.util
 import json
 import math
 import platform
@@ -368,6 +369,19 @@ def variants(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _missing(row: Row, mnist_dir: Path) -> str | None:
+    """What a row needs that is not here (an extra, the MNIST files), or None."""
+    if row.family in VARIATIONAL and not peers.available("zuko"):
+        return "needs zuko: pip install -e '.[bench]'"
+    if row.family == "pyro" and importlib.util.find_spec("pyro") is None:
+        return "needs Pyro: pip install -e '.[pyro]'"
+    if row.family == "cnf-fm" and importlib.util.find_spec("torchcfm") is None:
+        return "needs torchcfm: pip install -e '.[bench]'"
+    if row.data == "mnist" and not Path(mnist_dir).is_dir():
+        return f"no MNIST files in {mnist_dir}; give --mnist-dir"
+    return None
+
+
 def _number(text: str) -> int | float:
     """A variant's value: an integer where it reads as one, else a float."""
     return int(text) if text.lstrip("-").isdigit() else float(text)
@@ -418,6 +432,10 @@ def main(argv: list[str] | None = None) -> None:
     for seed in args.seeds:
         for name in args.rows:
             row = ROWS[name]
+            missing = _missing(row, args.mnist_dir)
+            if missing:
+                print(f"{name}: skipped ({missing})")
+                continue
             data = dataset(row, args.mnist_dir)
             budget = row.budget or args.budget
             target = target_of(row, data)
