@@ -106,6 +106,7 @@ CASES = [
         context_dim=2,
     ),
     Case("diagonal-scaling", T.DiagonalScaling),
+    Case("diagonal-scaling-data", lambda d: T.DiagonalScaling(d, target_scale=1.8)),
     Case("actnorm", T.ActNorm),
     Case("standardize", lambda d: T.Standardize(torch.randn(d), torch.rand(d) + 0.2)),
     Case(
@@ -292,7 +293,7 @@ CASES = [
 
 def randomize(module: nn.Module, seed: int = 0, scale: float = 0.5) -> nn.Module:
     """Move every parameter away from its initial value by Gaussian noise of std ``scale``,
-    and mark ActNorm layers initialised, so no test sees only the identity.
+    and mark data-initialised layers initialised, so no test sees only the identity.
 
     The triangular factors of an invertible 1x1 convolution get ``scale / sqrt(C)``: random
     triangular matrices with O(1) entries have condition numbers growing like ``2^C``, which
@@ -307,6 +308,6 @@ def randomize(module: nn.Module, seed: int = 0, scale: float = 0.5) -> nn.Module
             noise = torch.randn(p.shape, generator=generator, dtype=torch.float64)
             p.add_(scales.get(p, scale) * noise.to(p.dtype))
         for m in module.modules():
-            if isinstance(m, T.ActNorm):
-                m.initialized.fill_(True)
+            if isinstance(getattr(m, "initialized", None), torch.Tensor):
+                m.initialized.fill_(True)  # ActNorm, DiagonalScaling from data
     return module

@@ -34,7 +34,6 @@ from torch import Tensor
 
 from flowforge.datasets.base import Split
 from flowforge.flows.flow import Flow
-from flowforge.transforms import ActNorm
 
 MASK_KINDS = ("center", "top", "random50")
 Bounds = tuple[float, float]
@@ -199,10 +198,11 @@ def inpaint(
         raise ValueError(f"lr must be a positive number, got {lr!r}")
     bounds = _check_bounds(bounds)
     for module in flow.modules():
-        if isinstance(module, ActNorm) and not module.initialized:
+        flag = getattr(module, "initialized", None)
+        if isinstance(flag, torch.Tensor) and not bool(flag):
             raise ValueError(
-                "the flow has an ActNorm layer that was never initialised; train the flow (or"
-                " run it on data) before inpainting with it"
+                f"the flow has a {type(module).__name__} layer that was never initialised; "
+                "train the flow (or run it on data) before inpainting with it"
             )
     event_shape = torch.Size(flow.event_shape)
     image_shape, batched = _batch_layout(image, event_shape, "image")

@@ -448,6 +448,7 @@ def nice(
     activation: str = "relu",
     base: str = "logistic",
     actnorm: bool = False,
+    scale_init: str = "zeros",
     context_dim: int = 0,
     embedding_dim: int | None = None,
 ) -> Flow:
@@ -462,8 +463,10 @@ def nice(
     conditioners are ReLU MLPs (5 x 1000 by default) and the base is the standard logistic.
     ``actnorm=True`` (not in the paper) standardises the input with one data-initialised
     `ActNorm`, so that features of very different scales need not be rescaled by
-    the slow gradient steps of ``s``. Shapes ``(batch, dim)``. See `maf()` for
-    ``context_dim`` and ``embedding_dim``.
+    the slow gradient steps of ``s``. ``scale_init="data"`` (not in the paper) sets ``s``
+    from the first training batch so that each feature of ``z`` starts with the base's
+    spread (`DiagonalScaling`), instead of from zero. Shapes ``(batch, dim)``. See `maf()`
+    for ``context_dim`` and ``embedding_dim``.
     """
     _check_int("dim", dim, 2)
     _check_int("layers", layers, 1)
@@ -473,8 +476,12 @@ def nice(
         AdditiveCoupling(m, hidden=hidden, activation=activation, context_dim=inner)
         for m in _alternating_masks(mask, dim, layers)
     ]
+    if scale_init not in ("zeros", "data"):
+        raise ValueError(f"scale_init must be 'zeros' or 'data', got {scale_init!r}")
+    spread = {"logistic": math.pi / math.sqrt(3)}.get(base, 1.0)  # the base's std
     first = [ActNorm(dim)] if actnorm else []
-    transform = Compose(*first, *couplings, DiagonalScaling(dim))
+    scaling = DiagonalScaling(dim, target_scale=spread if scale_init == "data" else None)
+    transform = Compose(*first, *couplings, scaling)
     return _flow(transform, base, dim, context_dim, embedding_dim)
 
 

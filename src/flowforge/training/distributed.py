@@ -135,12 +135,14 @@ def wrap(flow: torch.nn.Module) -> torch.nn.Module:
 
 
 def initialize(flow: torch.nn.Module, x: Tensor, context: Tensor | None) -> None:
-    """Run the data-dependent initialisations (`ActNorm`) that are still pending on the whole
-    global batch ``x``, as the one-process run does on its first batch, so that every rank
-    starts from the same parameters."""
-    from flowforge.transforms import ActNorm
-
-    pending = any(isinstance(m, ActNorm) and not bool(m.initialized) for m in flow.modules())
+    """Run the data-dependent initialisations that are still pending (any layer with an
+    ``initialized`` flag that is false: `ActNorm`, `DiagonalScaling` with a target) on the
+    whole global batch ``x``, as the one-process run does on its first batch, so that every
+    rank starts from the same parameters."""
+    pending = any(
+        isinstance(getattr(m, "initialized", None), Tensor) and not bool(m.initialized)
+        for m in flow.modules()
+    )
     if pending:
         with torch.no_grad():
             flow.log_prob(x, context)

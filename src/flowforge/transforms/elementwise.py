@@ -13,17 +13,52 @@ from flowforge.transforms.base import Transform
 class DiagonalScaling(Transform):
     r"""NICE's top layer: $z = x \odot e^{s}$, $\log|\det J| = \sum_i s_i$.
 
-    ``s`` is a learnable ``(dim,)`` vector, initialised to zero (the identity).
+    ``s`` is a learnable ``(dim,)`` vector, initialised to zero (the identity), or, with
+    ``target_scale``, from the data: the first forward (data -> latent) call of a batch of
+    two or more sets $s_i = \log(\sigma^\ast / \sigma_i)$ from the batch's per-feature
+    standard deviation $\sigma_i$ (at least ``eps``), so that each output feature starts
+    with the spread $\sigma^\ast$ of the base (the standard logistic's $\pi / \sqrt 3$ for
+    NICE). A feature of dequantised pixels that are nearly always 0 has $\sigma_i \approx
+    0.001$ and starts at $s_i \approx 7.4$, where gradient steps of 1e-3 would take thousands
+    of steps to bring it. As for `ActNorm`, a first inverse call that tracks gradients in
+    training mode starts from the identity instead, and the ``initialized`` flag is a buffer
+    of the state dict.
+
+    Args:
+        dim: the number of features.
+        target_scale: the standard deviation the outputs should start with, or None
+            (start from the identity).
+        eps: standard deviations below this count as ``eps``.
     """
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self, dim: int, target_scale: float | None = None, eps: float = 1e-6) -> None:
         super().__init__()
         self.log_scale = nn.Parameter(torch.zeros(dim))
+        self.target_scale, self.eps = target_scale, eps
+        if target_scale is not None:  # no buffer otherwise: older saved models still load
+            if not (isinstance(target_scale, int | float) and target_scale > 0):
+                raise ValueError(f"target_scale must be a positive number, got {target_scale!r}")
+            self.register_buffer("initialized", torch.tensor(False))
+
+    def _pending(self) -> bool:
+        return self.target_scale is not None and not bool(self.initialized)
+
+    @torch.no_grad()
+    def initialize(self, x: Tensor) -> None:
+        """Set ``s`` from a batch ``x`` ``(batch, dim)`` so that ``forward(x)`` has the
+        target spread per feature."""
+        std = x.std(dim=0, unbiased=False).clamp_min(self.eps)
+        self.log_scale.copy_((self.target_scale / std).log())
+        self.initialized.fill_(True)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if x.shape[0] > 1 and self._pending():
+            self.initialize(x)
         return x * self.log_scale.exp(), self.log_scale.sum().expand(x.shape[0])
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if self._pending() and z.shape[0] > 0 and self.training and torch.is_grad_enabled():
+            self.initialized.fill_(True)
         return z * torch.exp(-self.log_scale), (-self.log_scale.sum()).expand(z.shape[0])
 
 
