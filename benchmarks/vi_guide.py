@@ -186,7 +186,7 @@ def run(variant: str, seed: int, steps: int) -> dict:
 
 def table(results: dict) -> str:
     lines = [
-        "| guide | KL(q \\|\\| posterior) by seed (nats) | mean | KL after 250 / 500 / 1,000 steps"
+        "| guide | KL(q ‖ posterior) by seed (nats) | mean | KL after 250 / 500 / 1,000 steps"
         " (mean) | seconds |",
         "|---|---|---|---|---|",
     ]

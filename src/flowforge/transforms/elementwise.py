@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -10,7 +11,24 @@ from torch import Tensor, nn
 from flowforge.transforms.base import Transform
 
 
-class DiagonalScaling(Transform):
+class _InitialisedFromData(nn.Module):
+    """A layer initialised from its first batch. The ``initialized`` buffer is the state (it
+    is saved and loaded); a Python copy of it, read once it is true, keeps a compiled step
+    free of the tensor read (a graph break) on every call."""
+
+    _settled = False
+
+    def _is_initialized(self) -> bool:
+        if not self._settled:
+            self._settled = bool(self.initialized)
+        return self._settled
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._settled = False  # read the loaded flag again
+
+
+class DiagonalScaling(_InitialisedFromData, Transform):
     r"""NICE's top layer: $z = x \odot e^{s}$, $\log|\det J| = \sum_i s_i$.
 
     ``s`` is a learnable ``(dim,)`` vector, initialised to zero (the identity), or, with
@@ -41,7 +59,7 @@ class DiagonalScaling(Transform):
             self.register_buffer("initialized", torch.tensor(False))
 
     def _pending(self) -> bool:
-        return self.target_scale is not None and not bool(self.initialized)
+        return self.target_scale is not None and not self._is_initialized()
 
     @torch.no_grad()
     def initialize(self, x: Tensor) -> None:
@@ -50,6 +68,7 @@ class DiagonalScaling(Transform):
         std = x.std(dim=0, unbiased=False).clamp_min(self.eps)
         self.log_scale.copy_((self.target_scale / std).log())
         self.initialized.fill_(True)
+        self._settled = True
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if x.shape[0] > 1 and self._pending():
@@ -59,10 +78,11 @@ class DiagonalScaling(Transform):
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if self._pending() and z.shape[0] > 0 and self.training and torch.is_grad_enabled():
             self.initialized.fill_(True)
+            self._settled = True
         return z * torch.exp(-self.log_scale), (-self.log_scale.sum()).expand(z.shape[0])
 
 
-class ActNorm(Transform):
+class ActNorm(_InitialisedFromData, Transform):
     r"""Activation normalisation (Kingma & Dhariwal 2018) with data-dependent initialisation.
 
     $$
@@ -106,19 +126,22 @@ class ActNorm(Transform):
         self.loc.copy_(mean.view_as(self.loc))
         self.log_scale.copy_(std.log().view_as(self.log_scale))
         self.initialized.fill_(True)
+        self._settled = True
 
     def _logdet(self, x: Tensor) -> Tensor:
         positions = math.prod(x.shape[1:]) // self.log_scale.numel()
         return (-positions * self.log_scale.sum()).expand(x.shape[0])
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        if x.shape[0] > 0 and not self.initialized:
+        if x.shape[0] > 0 and not self._is_initialized():
             self.initialize(x)
         return (x - self.loc) * torch.exp(-self.log_scale), self._logdet(x)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        if z.shape[0] > 0 and not self.initialized and self.training and torch.is_grad_enabled():
+        tracked = z.shape[0] > 0 and self.training and torch.is_grad_enabled()
+        if tracked and not self._is_initialized():
             self.initialized.fill_(True)
+            self._settled = True
         return z * self.log_scale.exp() + self.loc, -self._logdet(z)
 
     def extra_repr(self) -> str:
