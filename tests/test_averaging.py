@@ -74,3 +74,17 @@ def test_a_resumed_run_with_an_average_is_bit_identical(tmp_path):
 def test_ema_is_a_decay_in_the_open_unit_interval(ema):
     with pytest.raises(ValueError, match=r"ema must be None or a decay in \(0, 1\)"):
         fit(ema, epochs=1)
+
+
+def test_a_rollback_restarts_the_average_from_the_good_weights(monkeypatch):
+    from tests.test_faults import OPTIONS, NaNOnce, correlated, small_flow
+
+    restarts = []
+    real = WeightAverage.restart
+    monkeypatch.setattr(WeightAverage, "restart", lambda self: restarts.append(1) or real(self))
+    flow = small_flow()
+    flow.transform.transforms.insert(0, NaNOnce(at=60))  # a NaN loss in the second epoch
+    history = ff.fit(flow, correlated(2000, 0), correlated(300, 1), epochs=3, ema=0.9, **OPTIONS)
+    assert [e["event"] for e in history.events] == ["rollback"] and restarts == [1]
+    assert all(torch.isfinite(p).all() for p in flow.parameters())
+    assert history.epochs[-1]["val_nll"] < 2.5  # the average of the weights after it
