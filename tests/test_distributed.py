@@ -106,7 +106,7 @@ MATCHING = {"objective": FlowMatching(coupling="ot"), "lr": 1e-2}
 def two_process_runs(tmp_path_factory) -> dict[str, list]:
     """The models trained by 2 processes, in one spawn (starting workers is the cost)."""
     jobs = [(m, m, {}) for m in MODELS] + [("empty-part", "maf", {"batch_size": 27})]
-    jobs += [("flow-matching", "cnf", MATCHING)]
+    jobs += [("flow-matching", "cnf", MATCHING), ("ema", "realnvp", {"ema": 0.9})]
     return run_workers(2, jobs, tmp_path_factory.mktemp("runs"))
 
 
@@ -139,6 +139,18 @@ def test_flow_matching_on_two_processes_follows_one_process(two_process_runs):
     moved = max((a - b).abs().max() for a, b in pairs)
     assert moved > 1e-3  # trained, not a pass-through
     assert_same_parameters(results[0]["state"], flow.state_dict())
+    one = [e["val_nll"] for e in history.epochs]
+    torch.testing.assert_close(
+        torch.tensor(results[0]["val_nll"]), torch.tensor(one), rtol=0, atol=TOLERANCE
+    )
+
+
+def test_a_moving_average_on_two_processes_follows_one_process(two_process_runs):
+    results = two_process_runs["ema"]
+    flow, train, val = problem("realnvp")
+    history = ff.fit(flow, train, val, distributed=False, **{**OPTIONS, "ema": 0.9})
+    assert_same_parameters(results[0]["state"], results[1]["state"], tolerance=0)
+    assert_same_parameters(results[0]["state"], flow.state_dict())  # the average, kept
     one = [e["val_nll"] for e in history.epochs]
     torch.testing.assert_close(
         torch.tensor(results[0]["val_nll"]), torch.tensor(one), rtol=0, atol=TOLERANCE
