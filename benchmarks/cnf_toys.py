@@ -193,9 +193,9 @@ def table(results: dict) -> str:
 
 
 def first_time(curve: list, target: float) -> float | None:
-    """The training seconds at which ``curve`` ((seconds, gap) pairs) first reaches
-    ``target``, or None."""
-    return next((seconds for seconds, gap in curve if gap <= target), None)
+    """The training seconds at which ``curve`` ((seconds, value) pairs; a value may be None,
+    not finite) first reaches ``target``, or None."""
+    return next((s for s, value in curve if value is not None and value <= target), None)
 
 
 def quality_table(results: dict, minutes: float) -> str:

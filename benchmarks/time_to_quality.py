@@ -59,6 +59,7 @@ from flowforge import datasets
 
 from . import flowforge_models, peers, quality
 from .__main__ import cpu_model
+from .cnf_toys import Model, first_time
 
 OUT = Path(__file__).with_name("time_to_quality.json")
 
@@ -161,8 +162,6 @@ def peer_model(library: str, row: Row, dim: int, seed: int):
     """The peer's trainable module, its loss of a batch and its log-density of points."""
     torch.manual_seed(seed)
     if library == "torchcfm":
-        from .cnf_toys import Model
-
         model = Model("torchcfm-icfm", seed)
         generator = torch.Generator().manual_seed(seed)
         return model.flow, lambda x: model.loss(x, generator), model.flow.log_prob
@@ -259,12 +258,6 @@ def run_variational(library: str, row: Row, target: float, budget: float, seed: 
         if score(time.perf_counter() - started):
             break
     return curve
-
-
-def first_time(curve: list, target: float) -> float | None:
-    """The training seconds at which ``curve`` ((seconds, NLL) pairs) first reaches
-    ``target``."""
-    return next((s for s, v in curve if v is not None and v <= target), None)
 
 
 def speedup(ours: float | None, theirs: dict[str, float | None], budget: float) -> dict:

@@ -50,7 +50,7 @@ def test_flowforge_stops_at_its_target():
     assert target == pytest.approx(data.entropy + 0.08)
     curve, _ = ttq.run_flowforge(row, data, target=10.0, budget=60.0, seed=0)
     assert len(curve) == 1 and curve[0][1] <= 10.0  # reached at the first epoch: stopped
-    curve, _ = ttq.run_flowforge(row, data, target=-10.0, budget=0.1, seed=0)
+    curve, _ = ttq.run_flowforge(row, data, target=-10.0, budget=0.0, seed=0)
     assert len(curve) == 1 and ttq.first_time(curve, -10.0) is None  # the budget ended it
 
 

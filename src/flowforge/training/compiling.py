@@ -97,7 +97,6 @@ class StepCompiler:
         self.eager_seconds: float | None = None
         self.compiled_seconds: float | None = None
         self.compile_seconds: float | None = None
-        self.skipped: str | None = None  # why "auto" stayed eager, once it decided so
 
     def __call__(self, *inputs: Tensor | None) -> Tensor:
         now = time.perf_counter()
@@ -131,7 +130,6 @@ class StepCompiler:
             self.state = "compiling"
             return
         self.state = "eager"  # a short run or an eager-only one: nothing to record
-        self.skipped = self.eager_only or "the steps left do not repay the expected compile time"
 
     def _compiled_call(self, inputs: tuple[Tensor | None, ...]) -> Tensor:
         started = time.perf_counter()
