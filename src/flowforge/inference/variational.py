@@ -28,7 +28,8 @@ from tqdm.auto import tqdm
 
 from flowforge.flows.flow import Flow
 from flowforge.runtime import devices
-from flowforge.training.loop import adam, check_optimisation, gradient_step, is_terminal
+from flowforge.training.loop import check_optimisation, gradient_step, is_terminal
+from flowforge.training.optimizers import adam
 
 
 class UnnormalisedDensity(Protocol):

@@ -88,6 +88,24 @@ def save(
     return path
 
 
+def check_storable(optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
+    """A one-line `CheckpointError` now, rather than at the first checkpoint, if the
+    optimiser's settings or the scheduler's state are not JSON (a checkpoint stores them so;
+    a scheduler's functions, such as ``LambdaLR``'s, are left out by torch itself)."""
+    parts = {"optimizer": (optimizer, [dict(g, params=[]) for g in optimizer.param_groups])}
+    if scheduler is not None:
+        parts["scheduler"] = (scheduler, scheduler.state_dict())
+    for role, (obj, state) in parts.items():
+        try:
+            json.dumps(state)
+        except (TypeError, ValueError) as error:
+            raise CheckpointError(
+                f"checkpoint= cannot store the {role}'s state ({type(obj).__name__}) as JSON "
+                f"({one_line(error)}); train without checkpoint=, or use a {role} whose "
+                "settings are numbers, strings and lists"
+            ) from None
+
+
 def read(directory: str | Path) -> tuple[dict[str, Any], dict[str, Tensor]]:
     """The metadata and tensors of ``directory/checkpoint.safetensors``; a one-line
     `CheckpointError` if the file is not a readable flowforge checkpoint."""
@@ -166,6 +184,7 @@ def extra_tensors(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
 __all__ = [
     "CHECKPOINT",
     "CheckpointError",
+    "check_storable",
     "extra_tensors",
     "fingerprint",
     "read",
