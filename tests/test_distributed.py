@@ -9,11 +9,13 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.utils.data import DataLoader, TensorDataset
 
 import flowforge as ff
 from flowforge.datasets.base import Split
@@ -36,8 +38,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def problem(model: str) -> tuple[ff.Flow, Split, Split]:
-    """A float64 model and data whose sizes leave uneven last batches and shards."""
+def problem(model: str, loader: bool = False) -> tuple[ff.Flow, Any, Any]:
+    """A float64 model and data whose sizes leave uneven last batches and shards (as
+    Splits, or as a shuffling DataLoader and a Dataset)."""
     torch.manual_seed(0)
     if model == "glow":
         flow = ff.models.glow((1, 4, 4), levels=1, steps=2, channels=8)
@@ -51,6 +54,9 @@ def problem(model: str) -> tuple[ff.Flow, Split, Split]:
         x = torch.randn(70, 3) @ torch.tensor([[1.0, 0.5, 0.0], [0.0, 1.0, 0.3], [0.0, 0.0, 0.7]])
     flow = flow.double()
     x = x.double()
+    if loader:
+        batches = DataLoader(TensorDataset(x[:55]), batch_size=OPTIONS["batch_size"], shuffle=True)
+        return flow, batches, TensorDataset(x[55:])
     return flow, Split(x[:55]), Split(x[55:])
 
 
@@ -75,7 +81,7 @@ def _worker(rank: int, world: int, port: int, jobs: list, out: str) -> None:
 
         loop.checkpoint.save = loop.write_metrics = loop._tensorboard = refuse
     for name, model, options in jobs:
-        flow, train, val = problem(model)
+        flow, train, val = problem(model, loader=options.pop("loader", False))
         history = ff.fit(flow, train, val, distributed=True, **options)
         torch.save(
             {"state": flow.state_dict(), "val_nll": [e["val_nll"] for e in history.epochs]},
@@ -107,6 +113,7 @@ def two_process_runs(tmp_path_factory) -> dict[str, list]:
     """The models trained by 2 processes, in one spawn (starting workers is the cost)."""
     jobs = [(m, m, {}) for m in MODELS] + [("empty-part", "maf", {"batch_size": 27})]
     jobs += [("flow-matching", "cnf", MATCHING), ("ema", "realnvp", {"ema": 0.9})]
+    jobs += [("loader", "realnvp", {"loader": True})]
     return run_workers(2, jobs, tmp_path_factory.mktemp("runs"))
 
 
@@ -155,6 +162,16 @@ def test_a_moving_average_on_two_processes_follows_one_process(two_process_runs)
     torch.testing.assert_close(
         torch.tensor(results[0]["val_nll"]), torch.tensor(one), rtol=0, atol=TOLERANCE
     )
+
+
+def test_a_shuffling_dataloader_on_two_processes_follows_one_process(two_process_runs):
+    """Every rank draws the loader's order from the same seeded generator: the same global
+    batches as one process."""
+    results = two_process_runs["loader"]
+    flow, train, val = problem("realnvp", loader=True)
+    ff.fit(flow, train, val, distributed=False, **OPTIONS)
+    assert_same_parameters(results[0]["state"], results[1]["state"], tolerance=0)
+    assert_same_parameters(results[0]["state"], flow.state_dict())
 
 
 def test_a_last_batch_of_one_leaves_a_rank_empty_handed_and_still_agrees(two_process_runs):

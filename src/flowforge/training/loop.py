@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from flowforge.datasets.base import Split
@@ -26,7 +27,14 @@ from flowforge.runtime.extras import MissingExtraError
 from flowforge.training import checkpoint, compiling, objectives
 from flowforge.training import distributed as parallel
 from flowforge.training.averaging import WeightAverage, check_decay
-from flowforge.training.checkpoint import CHECKPOINT, fingerprint
+from flowforge.training.batches import (
+    Batches,
+    batches_of,
+    check_batch,
+    describe_data,
+    in_memory,
+)
+from flowforge.training.checkpoint import CHECKPOINT
 from flowforge.training.divergence import (
     DivergenceError,
     DivergenceMonitor,
@@ -47,7 +55,6 @@ from flowforge.training.optimizers import (
 from flowforge.training.results import (
     History,
     _check_data,
-    as_split,
     evaluate,
     write_metrics,
 )
@@ -56,8 +63,8 @@ from flowforge.transforms.continuous import SolverError
 
 def fit(
     flow: Flow,
-    train: Split | Tensor,
-    val: Split | Tensor | None = None,
+    train: Split | Tensor | Dataset | DataLoader,
+    val: Split | Tensor | Dataset | DataLoader | None = None,
     *,
     epochs: int = 100,
     batch_size: int = 256,
@@ -95,8 +102,12 @@ def fit(
 
     Args:
         flow: the model, trained in place (and moved to ``device`` / ``dtype``).
-        train: the training samples (a tensor of continuous data, or a `Split`).
-        val: the validation samples, of the same kind (optional).
+        train: the training samples: a tensor of continuous data, a `Split`, a map-style
+            torch ``Dataset`` (read one batch at a time), an ``IterableDataset`` that
+            streams (read in batches of ``batch_size``) or a ``DataLoader`` (its own batches
+            and shuffling); see `flowforge.training.batches` for the items and for how a
+            resume replays a loader.
+        val: the validation samples, of any of those kinds (optional).
         epochs: passes over ``train``.
         batch_size: samples per step.
         lr: Adam's learning rate.
@@ -181,7 +192,7 @@ def fit(
         way: the checkpoint is saved, the best weights restored, and ``history.stopped``
         and ``history.signal`` say so.
     """
-    train, val = as_split(train), (as_split(val) if val is not None else None)
+    train, val = in_memory(train), in_memory(val)
     _check_arguments(epochs, batch_size, lr, schedule, clip, patience)
     check_options(optimizer, scheduler, lr, weight_decay, schedule)
     _check_safety(checkpoint_every, divergence_threshold, rollbacks)
@@ -196,9 +207,9 @@ def fit(
     if workers is not None:
         target = parallel.device_for(target)
     flow.to(device=target, dtype=dtype or flow.dtype)
-    _check_data(flow, train, "train")
-    if val is not None:
-        _check_data(flow, val, "val")
+    for name, split in (("train", train), ("val", val)):
+        if isinstance(split, Split):  # a dataset or a loader: each batch when it is read
+            _check_data(flow, split, name)
     if seed is not None:
         torch.manual_seed(seed)
     trainer = _Trainer(
@@ -257,6 +268,7 @@ class _Trainer:
 
     def __init__(self, flow: Flow, train: Split, val: Split | None, **options: Any) -> None:
         self.flow, self.train, self.val = flow, train, val
+        self.batches: Batches = batches_of(train, options["batch_size"], flow.context_dim != 0)
         for name, value in options.items():  # epochs, batch_size, lr, ... as fit's arguments
             setattr(self, name, value)
         self.main = self.workers is None or self.workers.is_main  # writes files and logs
@@ -265,9 +277,14 @@ class _Trainer:
         self.generator = torch.Generator().manual_seed(0 if self.seed is None else self.seed)
         # the user's optimizer and scheduler (or their factories), else flowforge's
         self.optimizer = build_optimizer(self.optimizer, flow, self.lr, self.weight_decay)
-        self.steps_per_epoch = math.ceil(len(train) / self.batch_size)
+        self.steps_per_epoch = self.batches.steps_per_epoch  # None: a stream of unknown size
         self.plan = build_scheduler(self.scheduler, self.optimizer, self.schedule, self.total_steps)
         self.scheduler = self.plan.scheduler
+        if self.total_steps is None and self.plan.own and self.schedule == "cosine":
+            raise ValueError(
+                "the cosine schedule needs the number of steps, and this DataLoader has no "
+                "len(); give schedule=None or a scheduler=, or a dataset with __len__"
+            )
         if self.checkpoint is not None:
             checkpoint.check_storable(self.optimizer, self.scheduler)
         self.history = History()
@@ -278,7 +295,8 @@ class _Trainer:
         self.rollbacks_used = 0
         self.done = False  # a resumed run that had already stopped early
         self.epoch, self.step = 0, 0  # where training stands: steps done in this epoch
-        self.order: Tensor | None = None
+        self.global_step = 0  # steps done in all
+        self.in_epoch = False  # between an epoch's first batch and its end
         self.total, self.count, self.seconds = 0.0, 0, 0.0  # the epoch's running sums
         self.penalty_total = 0.0  # of the layers' penalties (regularised continuous flows)
         # layers that report statistics (evaluations of an ODE solve) or add a penalty
@@ -290,28 +308,20 @@ class _Trainer:
         self.settings = self._settings() if self.checkpoint is not None else None
 
     @property
-    def total_steps(self) -> int:
+    def total_steps(self) -> int | None:
+        if self.steps_per_epoch is None:
+            return None
         return self.epochs * self.steps_per_epoch
-
-    @property
-    def global_step(self) -> int:
-        return self.epoch * self.steps_per_epoch + self.step
 
     # --- checkpoints ----------------------------------------------------------------
 
     def _settings(self) -> dict[str, Any]:
         """What a resumed run must share with this one (and what it may change)."""
 
-        def data(split: Split | None) -> dict[str, Any] | None:
-            if split is None:
-                return None
-            parts = [split.x] + ([split.context] if split.context is not None else [])
-            return {"n": len(split), "fingerprint": "-".join(fingerprint(t) for t in parts)}
-
         return {
             "model": self.flow.config,
-            "train": data(self.train),
-            "val": data(self.val),
+            "train": self.batches.describe(),
+            "val": describe_data(self.val),
             "batch_size": self.batch_size,
             "weight_decay": self.weight_decay,
             "schedule": self.schedule,
@@ -336,7 +346,8 @@ class _Trainer:
         if not self.main:  # every rank holds the same state: rank 0 writes it
             return
         position, tensors = None, {}
-        if self.order is not None:  # inside an epoch
+        if self.in_epoch:
+            batches, tensors = self.batches.state()
             position = {
                 "epoch": self.epoch,
                 "step": self.step,
@@ -344,10 +355,11 @@ class _Trainer:
                 "count": self.count,
                 "penalty_total": self.penalty_total,
                 "seconds": self.seconds,
+                "batches": batches,
             }
-            tensors["order"] = self.order
         state = {
             "history": asdict(self.history),
+            "global_step": self.global_step,
             "position": position,
             "monitor": self.monitor.state_dict(),
             "rollbacks_used": self.rollbacks_used,
@@ -399,9 +411,14 @@ class _Trainer:
             self.total, self.count = position["total"], position["count"]
             self.penalty_total = position.get("penalty_total", 0.0)
             self.seconds = position["seconds"]
-            self.order = checkpoint.extra_tensors(tensors)["order"]
+            extra = checkpoint.extra_tensors(tensors)
+            self.batches.restore(position.get("batches", {}), extra, self.step)
+            self.in_epoch = True
         else:
             self.epoch, self.step = len(self.history.epochs), 0
+        self.global_step = metadata.get("global_step")  # (not kept before flowforge 0.3)
+        if self.global_step is None:
+            self.global_step = self.epoch * self.steps_per_epoch + self.step
         self.history.events.append({"event": "resumed", "epoch": self.epoch + 1, "step": self.step})
         for key in ("lr", "clip", "patience"):
             if key in saved and saved[key] != self.settings[key]:
@@ -492,9 +509,10 @@ class _Trainer:
         # bar's carriage returns would make one line of tens of thousands of characters.
         progress = progress and self.main
         self.epoch_lines = progress and not is_terminal(sys.stderr)
+        total = self.total_steps
         bar = tqdm(
-            total=self.total_steps,
-            initial=min(self.global_step, self.total_steps),
+            total=total,
+            initial=self.global_step if total is None else min(self.global_step, total),
             disable=not progress or self.epoch_lines,
             unit="step",
             dynamic_ncols=True,
@@ -502,7 +520,7 @@ class _Trainer:
         self.step_loss = compiling.StepCompiler(
             self.loss,
             self.compile,
-            steps_left=self.total_steps - self.global_step,
+            steps_left=0 if total is None else total - self.global_step,  # unknown: eager
             record=self.history.events.append,
             say=self._say,
             eager_only=self._eager_only(),
@@ -537,16 +555,17 @@ class _Trainer:
     def _run_epoch(self, bar, writer) -> bool:
         """Train the rest of the current epoch, validate, record, save; return whether to
         stop early."""
-        flow, train = self.flow, self.train
-        flow.train()
+        self.flow.train()
         started = time.perf_counter() - self.seconds
-        if self.order is None:
+        if not self.in_epoch:
             with interrupts.deferred():
-                self.order = torch.randperm(len(train), generator=self.generator)
+                self.batches.start(self.generator)
+                self.in_epoch = True
                 self.step, self.total, self.count, self.penalty_total = 0, 0.0, 0, 0.0
-        while self.step < self.steps_per_epoch:
+        while True:
             with interrupts.deferred():
-                self._train_step()
+                if not self._train_step():
+                    break
                 self.seconds = time.perf_counter() - started
                 bar.update()
                 if self.step % 10 == 0:
@@ -554,19 +573,22 @@ class _Trainer:
                     postfix = _postfix(self.epoch, running, self.history, self.last_statistics)
                     bar.set_postfix_str(postfix, refresh=False)
                 every = self.checkpoint_every
-                if every and self.global_step % every == 0 and self.step < self.steps_per_epoch:
-                    self.save()
+                if every and self.global_step % every == 0 and self.step != self.steps_per_epoch:
+                    self.save()  # (an epoch's end saves anyway)
         with interrupts.deferred():
             return self._end_epoch(bar, writer, time.perf_counter() - started)
 
-    def _train_step(self) -> None:
-        train, flow = self.train, self.flow
-        index = self.order[self.step * self.batch_size : (self.step + 1) * self.batch_size]
-        # the whole global batch is dequantised on every rank, from the same generator
-        x = train.dequantize(train.x[index], self.generator).to(flow.device, flow.dtype)
-        context = None
-        if train.context is not None:
-            context = train.context[index].to(flow.device, flow.dtype)
+    def _train_step(self) -> bool:
+        """Train on the epoch's next batch; False if the epoch has no batch left."""
+        flow = self.flow
+        # the whole global batch is read (and dequantised) on every rank, alike
+        batch = self.batches.next(self.step, self.generator)
+        if batch is None:
+            return False
+        if not isinstance(self.train, Split):  # a dataset's or loader's: checked as it comes
+            check_batch(flow, *batch)
+        x = batch[0].to(flow.device, flow.dtype)
+        context = None if batch[1] is None else batch[1].to(flow.device, flow.dtype)
         penalty, failure = None, None
         try:
             if self.workers is None:
@@ -584,11 +606,11 @@ class _Trainer:
             gradient_step(self.optimizer, loss, self.clip)
             if self.average is not None:
                 self.average.update()
-            self.total += value * len(index)
-            self.count += len(index)
+            self.total += value * len(x)
+            self.count += len(x)
             self.penalised = penalty is not None
             if penalty is not None:
-                self.penalty_total += penalty.item() * len(index)
+                self.penalty_total += penalty.item() * len(x)
             if self.reporting:  # after the backward pass, whose evaluations it counts
                 self.last_statistics = flow.statistics()
         else:
@@ -596,6 +618,8 @@ class _Trainer:
         if self.plan.every == "step":
             self.scheduler.step()
         self.step += 1
+        self.global_step += 1
+        return True
 
     def _shard_loss(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, float, Tensor | None]:
         """This rank's loss, scaled so that DDP's gradient average is the global batch's,
@@ -629,6 +653,7 @@ class _Trainer:
 
     def _end_epoch(self, bar, writer, seconds: float) -> bool:
         flow, val, train = self.flow, self.val, self.train
+        self.batches.finish()
         if not finite_parameters(flow):
             self._bad_step(math.nan, "the weights became non-finite")
         record: dict[str, Any] = {
@@ -639,7 +664,7 @@ class _Trainer:
             "seconds": round(seconds, 3),
         }
         record[self.objective.record] = self.total / self.count if self.count else None
-        if train.discrete and record["train_nll"] is not None:
+        if self.batches.discrete and record["train_nll"] is not None:
             record["train_bpd"] = train.bits_per_dim(record["train_nll"])
         if self.reporting and self.count:  # the last step's solves; the epoch's penalty
             record.update(self.last_statistics)
@@ -670,7 +695,7 @@ class _Trainer:
             print(_epoch_line(record, self.epochs, self.history), file=sys.stderr, flush=True)
         if self.callback is not None:
             self.callback(record)
-        self.epoch, self.step, self.order = self.epoch + 1, 0, None
+        self.epoch, self.step, self.in_epoch = self.epoch + 1, 0, False
         self.total, self.count, self.seconds, self.penalty_total = 0.0, 0, 0.0, 0.0
         self.save()
         self._write_metrics()

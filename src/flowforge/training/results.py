@@ -5,16 +5,19 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
 
 from flowforge.datasets.base import Split
 from flowforge.flows.flow import Flow
 from flowforge.runtime import atomic
+from flowforge.training.batches import check_batch, in_memory, unpack
 from flowforge.training.distributed import Workers
 
 
@@ -93,19 +96,15 @@ def nll_values(
     from ``seed``, so the values are reproducible. ``part=(r, n)`` scores only the batches
     ``r, r + n, ...`` (rank r of n), drawing every batch's noise all the same.
     """
-    split = as_split(data)
     dtype = getattr(model, "dtype", torch.float32)
     device = getattr(model, "device", torch.device("cpu"))
     was_training = getattr(model, "training", False)
     if hasattr(model, "eval"):
         model.eval()
-    generator = torch.Generator().manual_seed(seed)
     nll = []
-    for number, start in enumerate(range(0, len(split), batch_size)):
-        x = split.dequantize(split.x[start : start + batch_size], generator)
+    for number, (x, context) in enumerate(_batches(model, data, batch_size, seed)):
         if number % part[1] != part[0]:
             continue
-        context = None if split.context is None else split.context[start : start + batch_size]
         x = x.to(device, dtype)
         if context is not None:
             context = context.to(device, dtype)
@@ -127,25 +126,60 @@ def evaluate(
     discrete data (dequantised with noise from ``seed``). With the ``workers`` of a
     distributed run, each rank scores every N-th batch (the same noise as one process draws)
     and the sums are all-reduced: every rank gets the whole split's report."""
-    split = as_split(data)
+    data = in_memory(data)
     if workers is None:
-        return report_of(nll_values(model, split, batch_size, seed), split)
-    values = nll_values(model, split, batch_size, seed, part=(workers.rank, workers.world_size))
+        return report_of(nll_values(model, data, batch_size, seed), data, model)
+    values = nll_values(model, data, batch_size, seed, part=(workers.rank, workers.world_size))
     n, total, squares = workers.all_sum(len(values), values.sum().item(), (values**2).sum().item())
     mean = total / n
     variance = max(squares - n * mean**2, 0.0) / (n - 1) if n > 1 else math.nan
-    bpd = split.bits_per_dim(mean) if split.discrete else None
+    discrete = isinstance(data, Split) and data.discrete
     return Report(
-        nll=mean, nll_se=math.sqrt(variance / n), n=int(n), dim=split.dim, bits_per_dim=bpd
+        nll=mean,
+        nll_se=math.sqrt(variance / n),
+        n=int(n),
+        dim=_dim(data, model),
+        bits_per_dim=data.bits_per_dim(mean) if discrete else None,
     )
 
 
-def report_of(values: Tensor, split: Split) -> Report:
-    """The `Report` of per-sample NLL ``values`` ``(N,)`` computed on ``split``."""
+def _batches(
+    model: Any, data: Any, batch_size: int, seed: int
+) -> Iterator[tuple[Tensor, Tensor | None]]:
+    """``(x, context)`` in batches: a split's rows, dequantised with noise from ``seed``; a
+    dataset's or a loader's batches as they come."""
+    if isinstance(data, Dataset | DataLoader):
+        loader = data if isinstance(data, DataLoader) else DataLoader(data, batch_size)
+        conditional = getattr(model, "context_dim", 0) != 0
+        for batch in loader:
+            x, context = unpack(batch, conditional)
+            if isinstance(model, Flow):
+                check_batch(model, x, context)
+            yield x, context
+        return
+    split = as_split(data)
+    generator = torch.Generator().manual_seed(seed)
+    for start in range(0, len(split), batch_size):
+        x = split.dequantize(split.x[start : start + batch_size], generator)
+        context = None if split.context is None else split.context[start : start + batch_size]
+        yield x, context
+
+
+def report_of(values: Tensor, data: Split | Any, model: Any = None) -> Report:
+    """The `Report` of per-sample NLL ``values`` ``(N,)`` computed on ``data`` (a `Split`,
+    or a dataset or loader of ``model``'s samples)."""
     mean = values.mean().item()
     se = (values.std().item() / math.sqrt(len(values))) if len(values) > 1 else float("nan")
-    bpd = split.bits_per_dim(mean) if split.discrete else None
-    return Report(nll=mean, nll_se=se, n=len(values), dim=split.dim, bits_per_dim=bpd)
+    discrete = isinstance(data, Split) and data.discrete
+    bpd = data.bits_per_dim(mean) if discrete else None
+    return Report(nll=mean, nll_se=se, n=len(values), dim=_dim(data, model), bits_per_dim=bpd)
+
+
+def _dim(data: Split | Any, model: Any) -> int:
+    """Dimensions of a sample: a split's, else the model's."""
+    if isinstance(data, Split):
+        return data.dim
+    return math.prod(getattr(model, "event_shape", ()))
 
 
 def write_records(records: list[dict[str, Any]], path: str | Path) -> None:
