@@ -74,12 +74,13 @@ def _worker(rank: int, world: int, port: int, jobs: list, out: str) -> None:
     )
     torch.set_num_threads(1)
     if rank != 0:  # only rank 0 writes: any file written by another rank fails its run
+        import flowforge.training.callbacks as callbacks
         import flowforge.training.loop as loop
 
         def refuse(*args, **kwargs):
             raise AssertionError(f"rank {rank} wrote a file")
 
-        loop.checkpoint.save = loop.write_metrics = loop._tensorboard = refuse
+        loop.checkpoint.save = callbacks.write_metrics = refuse
     for name, model, options in jobs:
         flow, train, val = problem(model, loader=options.pop("loader", False))
         history = ff.fit(flow, train, val, distributed=True, **options)

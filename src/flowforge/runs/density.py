@@ -32,9 +32,9 @@ from flowforge.runs.directory import (
 from flowforge.runs.setup import context_dim_of, load_data
 from flowforge.runtime import interrupts, limits
 from flowforge.training.distributed import launched_rank
-from flowforge.training.loop import DivergenceError, History, fit, write_metrics
+from flowforge.training.loop import DivergenceError, History, fit
 from flowforge.training.objectives import FlowMatching
-from flowforge.training.results import nll_values, report_of
+from flowforge.training.results import nll_values, report_of, write_metrics
 from flowforge.transforms.continuous import ContinuousFlow, solver
 
 # What a resumed run must share with the run it continues: they change the model, the data

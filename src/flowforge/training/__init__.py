@@ -1,6 +1,7 @@
-"""Training: `fit()` by maximum likelihood or flow matching, its results, checkpoints and
-divergence guard."""
+"""Training: `fit()` by maximum likelihood or flow matching, its results, checkpoints,
+divergence guard, callbacks, optimisers and sources of batches."""
 
+from flowforge.training.callbacks import Callback, EarlyStopping, MetricsFile, TensorBoard
 from flowforge.training.divergence import DivergenceError
 from flowforge.training.loop import fit
 from flowforge.training.objectives import FlowMatching, Likelihood, Objective
@@ -14,12 +15,16 @@ from flowforge.training.results import (
 )
 
 __all__ = [
+    "Callback",
     "DivergenceError",
+    "EarlyStopping",
     "FlowMatching",
     "History",
     "Likelihood",
+    "MetricsFile",
     "Objective",
     "Report",
+    "TensorBoard",
     "as_split",
     "evaluate",
     "fit",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,6 @@ from tqdm.auto import tqdm
 from flowforge.datasets.base import Split
 from flowforge.flows.flow import Flow
 from flowforge.runtime import devices, interrupts
-from flowforge.runtime.extras import MissingExtraError
 from flowforge.training import checkpoint, compiling, objectives
 from flowforge.training import distributed as parallel
 from flowforge.training.averaging import WeightAverage, check_decay
@@ -33,6 +32,14 @@ from flowforge.training.batches import (
     check_batch,
     describe_data,
     in_memory,
+)
+from flowforge.training.callbacks import (
+    Callback,
+    EachEpoch,
+    EarlyStopping,
+    MetricsFile,
+    TensorBoard,
+    check_callbacks,
 )
 from flowforge.training.checkpoint import CHECKPOINT
 from flowforge.training.divergence import (
@@ -56,7 +63,6 @@ from flowforge.training.results import (
     History,
     _check_data,
     evaluate,
-    write_metrics,
 )
 from flowforge.transforms.continuous import SolverError
 
@@ -88,6 +94,7 @@ def fit(
     dtype: torch.dtype | None = None,
     seed: int | None = 0,
     callback: Callable[[dict[str, Any]], None] | None = None,
+    callbacks: Sequence[Callback] = (),
     distributed: bool | None = None,
     objective: str | Objective = "likelihood",
     compile: str | bool = "auto",
@@ -156,6 +163,10 @@ def fit(
         seed: seeds initialisation-independent randomness (shuffling, dequantisation, sampling
             in the model); ``None`` leaves the global generators alone.
         callback: called with each epoch's record (on every rank of a distributed run).
+        callbacks: your own `flowforge.training.callbacks.Callback` objects, called after
+            fit's own (early stopping, the metrics file, TensorBoard, ``callback``) at the
+            start, after every step, after every epoch (where one can stop training) and
+            at the end.
         distributed: train one model on all the processes of a ``torch.distributed`` group
             (`flowforge.training.distributed`): None (the default) joins the group that
             ``torchrun`` or ``flowforge fit --nproc`` set up in the environment, if any; True
@@ -198,6 +209,11 @@ def fit(
     _check_safety(checkpoint_every, divergence_threshold, rollbacks)
     compiling.check_mode(compile)
     check_decay(ema)
+    hooks = [EarlyStopping(patience)] if patience is not None else []
+    hooks += [MetricsFile(metrics)] if metrics is not None else []
+    hooks += [TensorBoard(tensorboard)] if tensorboard is not None else []
+    hooks += [EachEpoch(callback)] if callback is not None else []
+    hooks += check_callbacks(callbacks)
     if resume and checkpoint is None:
         raise ValueError("resume=True needs checkpoint=, the directory to resume from; got None")
     objective = objectives.get(objective)
@@ -229,10 +245,9 @@ def fit(
         seed=seed,
         checkpoint=None if checkpoint is None else Path(checkpoint),
         checkpoint_every=checkpoint_every,
-        metrics=None if metrics is None else Path(metrics),
         divergence_threshold=divergence_threshold,
         rollbacks=rollbacks,
-        callback=callback,
+        callbacks=hooks,
         workers=workers,
         objective=objective,
         compile=compile,
@@ -243,7 +258,7 @@ def fit(
     elif resume:  # a typo in the directory must not pass for a resumed run
         trainer._say(f"nothing to resume in {trainer.checkpoint}: starting a new run")
     with interrupts.handling():
-        return trainer.run(progress, tensorboard)
+        return trainer.run(progress)
 
 
 SNAPSHOT_EVERY = 25  # steps between in-memory copies of the last good training state
@@ -293,6 +308,7 @@ class _Trainer:
         self.rollback = Rollback(flow, self.optimizer)
         self.average = None if self.ema is None else WeightAverage(flow, self.ema)
         self.rollbacks_used = 0
+        self.stop_reason: str | None = None  # a callback's request to stop
         self.done = False  # a resumed run that had already stopped early
         self.epoch, self.step = 0, 0  # where training stands: steps done in this epoch
         self.global_step = 0  # steps done in all
@@ -501,9 +517,13 @@ class _Trainer:
 
     # --- the loop ---------------------------------------------------------------------
 
-    def run(self, progress: bool, tensorboard: str | Path | None) -> History:
+    def stop(self, reason: str) -> None:
+        """End training after this epoch (a callback's request), with ``reason`` as
+        ``history.stopped``."""
+        self.stop_reason = reason
+
+    def run(self, progress: bool) -> History:
         flow = self.flow
-        writer = _tensorboard(tensorboard) if self.main else None
         validate_args, flow.validate_args = flow.validate_args, False  # data checked up front
         # A bar on a terminal; one line per epoch elsewhere (a log file, CI, nohup), where a
         # bar's carriage returns would make one line of tens of thousands of characters.
@@ -526,10 +546,12 @@ class _Trainer:
             eager_only=self._eager_only(),
         )
         try:
+            for hook in self.callbacks:
+                hook.on_fit_start(self)
             if self.rollback.state is None and self.global_step > 0:
                 self.rollback.keep(self.global_step)  # resumed: the checkpoint's state is good
             while self.epoch < self.epochs and not self.done:
-                if self._run_epoch(bar, writer):
+                if self._run_epoch(bar):
                     break
         except interrupts.Interrupted as stop:  # a step or a save ended; the state is whole
             self.history.stopped = (
@@ -537,22 +559,21 @@ class _Trainer:
             )
             self.history.signal = stop.signum
             self.save()
-            self._write_metrics()
         except KeyboardInterrupt:  # raised by other code: the last checkpoint stays as it is
             self.history.stopped = f"interrupted at epoch {self.epoch + 1}"
         finally:
             bar.close()
             flow.validate_args = validate_args
-            if writer is not None:
-                writer.close()
             if self.best_state is not None and self.keep_best:
                 flow.load_state_dict(self.best_state)
             elif self.average is not None and self.average.updates:
                 flow.load_state_dict(self.average.state_dict())  # the average, for evaluation
             flow.eval()
+            for hook in self.callbacks:
+                hook.on_fit_end(self)
         return self.history
 
-    def _run_epoch(self, bar, writer) -> bool:
+    def _run_epoch(self, bar) -> bool:
         """Train the rest of the current epoch, validate, record, save; return whether to
         stop early."""
         self.flow.train()
@@ -576,7 +597,7 @@ class _Trainer:
                 if every and self.global_step % every == 0 and self.step != self.steps_per_epoch:
                     self.save()  # (an epoch's end saves anyway)
         with interrupts.deferred():
-            return self._end_epoch(bar, writer, time.perf_counter() - started)
+            return self._end_epoch(bar, time.perf_counter() - started)
 
     def _train_step(self) -> bool:
         """Train on the epoch's next batch; False if the epoch has no batch left."""
@@ -619,6 +640,8 @@ class _Trainer:
             self.scheduler.step()
         self.step += 1
         self.global_step += 1
+        for hook in self.callbacks:
+            hook.on_step_end(self, value)
         return True
 
     def _shard_loss(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, float, Tensor | None]:
@@ -651,7 +674,7 @@ class _Trainer:
         if self.main:
             tqdm.write(message, file=sys.stderr)
 
-    def _end_epoch(self, bar, writer, seconds: float) -> bool:
+    def _end_epoch(self, bar, seconds: float) -> bool:
         flow, val, train = self.flow, self.val, self.train
         self.batches.finish()
         if not finite_parameters(flow):
@@ -670,7 +693,6 @@ class _Trainer:
             record.update(self.last_statistics)
             if self.penalised:
                 record["penalty"] = self.penalty_total / self.count
-        improved = False
         if val is not None:
             evaluated = flow if self.average is None else self.average.flow()
             report = evaluate(evaluated, val, seed=1, workers=self.workers)
@@ -679,7 +701,6 @@ class _Trainer:
                 if report.bits_per_dim is not None:
                     record["val_bpd"] = report.bits_per_dim
                 if self.history.best_val_nll is None or report.nll < self.history.best_val_nll:
-                    improved = True
                     self.history.best_val_nll, self.history.best_epoch = report.nll, self.epoch + 1
                     if self.keep_best:
                         self.best_state = _copy_state(evaluated)
@@ -688,31 +709,18 @@ class _Trainer:
             if self.plan.every == "validation":
                 self.scheduler.step(report.nll if math.isfinite(report.nll) else math.inf)
         self.history.epochs.append(record)
-        _log(writer, record)
         running = record[self.objective.record]
         bar.set_postfix_str(_postfix(self.epoch, running or math.nan, self.history))
         if self.epoch_lines:
             print(_epoch_line(record, self.epochs, self.history), file=sys.stderr, flush=True)
-        if self.callback is not None:
-            self.callback(record)
+        for hook in self.callbacks:  # fit's (early stopping, files, callback=), the user's
+            hook.on_epoch_end(self, record)
+        if self.stop_reason is not None:
+            self.history.stopped = self.stop_reason
         self.epoch, self.step, self.in_epoch = self.epoch + 1, 0, False
         self.total, self.count, self.seconds, self.penalty_total = 0.0, 0, 0.0, 0.0
         self.save()
-        self._write_metrics()
-        patience, best = self.patience, self.history.best_epoch
-        if (
-            patience is not None
-            and not improved
-            and best is not None
-            and self.epoch - best >= patience
-        ):
-            self.history.stopped = f"early stop: no better validation NLL in {patience} epochs"
-            return True
-        return False
-
-    def _write_metrics(self) -> None:
-        if self.metrics is not None and self.main:
-            write_metrics(self.history, self.metrics)
+        return self.stop_reason is not None
 
 
 def _describe_change(key: str, old: Any, new: Any) -> str:
@@ -822,21 +830,3 @@ def _epoch_line(record: dict[str, Any], epochs: int, history: History) -> str:
     if "nfe_forward" in record:  # a continuous flow's last training step
         line += f"  nfe {record['nfe_forward']}/{record['nfe_backward']}"
     return line + f"  lr {record['lr']:.2e}  {record['seconds']:.3g} s"
-
-
-def _tensorboard(log_dir: str | Path | None):
-    if log_dir is None:
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError as error:  # tensorboard is an optional extra
-        raise MissingExtraError("fit(tensorboard=...)", "tensorboard") from error
-    return SummaryWriter(str(log_dir))
-
-
-def _log(writer, record: dict[str, Any]) -> None:
-    if writer is None:
-        return
-    for key, value in record.items():
-        if key != "epoch" and isinstance(value, int | float):
-            writer.add_scalar(key, value, record["epoch"])
