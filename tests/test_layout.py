@@ -15,6 +15,8 @@ import importlib.metadata
 import importlib.util
 import pkgutil
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -89,3 +91,22 @@ def test_every_module_imports_or_names_its_missing_extra(name: str):
         assert error.module == name
         install = extras.install_command(error.extra)
         assert str(error) == f"{name} needs the {error.extra} extra: {install}"
+
+
+UPPER = ("training", "datasets", "interop", "inference", "runs", "plots", "applications", "cli")
+
+
+@pytest.mark.parametrize("core", ["flows", "transforms", "nn"])
+def test_the_core_imports_nothing_above_it(core: str):
+    """``python -X importtime -c "import flowforge.<core>.<every module>"``: the modules
+    they load (every import, from the interpreter's own trace) include none of the upper
+    subpackages."""
+    package = importlib.import_module(f"flowforge.{core}")
+    modules = [f"flowforge.{core}.{m.name}" for m in pkgutil.iter_modules(package.__path__)]
+    command = [sys.executable, "-X", "importtime", "-c", "import " + ", ".join(modules)]
+    trace = subprocess.run(command, capture_output=True, text=True, check=True).stderr
+    loaded = {line.rsplit("|", 1)[-1].strip() for line in trace.splitlines() if "|" in line}
+    ours = {name for name in loaded if name.startswith("flowforge.")}
+    assert f"flowforge.{core}" in ours
+    above = sorted(name for name in ours if name.split(".")[1] in UPPER)
+    assert not above, f"import flowforge.{core} loads {above}"

@@ -14,19 +14,15 @@ loads; ``ff.models``, ``from flowforge import fit`` and the rest work as usual.
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-try:
-    __version__ = version("flowforge")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.0.0+unknown"
+from flowforge.runtime.version import __version__ as __version__
 
 # the public subpackages and modules, by the short name they have on ``flowforge``
 _SUBMODULES = {
     "applications": "applications",
     "atomic": "runtime.atomic",
-    "baselines": "flows.baselines",
+    "baselines": "training.baselines",
     "calibration": "inference.calibration",
     "checkpoint": "training.checkpoint",
     "config": "runs.config",
@@ -106,7 +102,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the names as eager imports
     )
     from flowforge.applications import inpainting  # noqa: F401
     from flowforge.applications.inpainting import inpaint  # noqa: F401
-    from flowforge.flows import baselines, distributions, io, models  # noqa: F401
+    from flowforge.flows import distributions, io, models  # noqa: F401
     from flowforge.flows.distributions import (  # noqa: F401
         ConditionalDiagNormal,
         DiagNormal,
@@ -125,6 +121,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the names as eager imports
         DivergenceError,
         History,
         Report,
+        baselines,
         checkpoint,
         divergence,
         evaluate,

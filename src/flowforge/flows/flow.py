@@ -215,22 +215,11 @@ class Flow(nn.Module, Distribution):
         return ConditionedFlow(self, None, batch_shape)
 
     def as_pyro(self, context: Tensor | None = None) -> PyroFlow:
-        """The flow as a Pyro distribution, $q(\\cdot)$ or $q(\\cdot \\mid c)$
-        (`flowforge.interop.pyro.PyroFlow`; needs ``pip install 'flowforge[pyro]'``):
-        ``pyro.sample("z", flow.as_pyro())`` draws from it, plates and vectorised particles
-        expand it, and the ELBO scores its own draws with the log-density of the same pass.
+        """The flow as a Pyro distribution: `flowforge.interop.pyro.as_pyro` (needs
+        ``pip install 'flowforge[pyro]'``), kept here as a short alias."""
+        from flowforge.interop.pyro import as_pyro  # the core never imports interop eagerly
 
-        Examples:
-            >>> import pyro, torch, flowforge as ff
-            >>> flow = ff.models.realnvp(dim=2, context_dim=3)
-            >>> with pyro.plate("data", 5):
-            ...     z = pyro.sample("z", flow.as_pyro(torch.randn(5, 3)))
-            >>> z.shape
-            torch.Size([5, 2])
-        """
-        from flowforge.interop.pyro import PyroFlow
-
-        return PyroFlow(self, self._check_context(context))
+        return as_pyro(self, context)
 
     @property
     def mean(self) -> Tensor:

@@ -38,6 +38,7 @@ from flowforge.runtime.files import (
     one_line,
     read_text,
 )
+from flowforge.runtime.version import __version__
 
 MODEL_JSON = "model.json"
 MODEL_WEIGHTS = "model.safetensors"
@@ -72,8 +73,6 @@ def _atomic_write_text(text: str, path: Path) -> None:
 
 def save(flow: Flow, directory: str | Path) -> Path:
     """Write ``model.json`` and ``model.safetensors`` for ``flow`` into ``directory``."""
-    from flowforge import __version__
-
     if flow.config is None:
         raise ValueError(
             "this flow has no config (it was not made by a builder in ff.models); "

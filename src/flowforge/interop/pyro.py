@@ -73,3 +73,20 @@ class PyroFlow(ConditionedFlow, TorchDistributionMixin):
         if self._drawn is not None and x is self._drawn[0]:
             return self._drawn[1]
         return super().log_prob(x)
+
+
+def as_pyro(flow: Flow, context: Tensor | None = None) -> PyroFlow:
+    """``flow`` as a Pyro distribution, $q(\\cdot)$ or $q(\\cdot \\mid c)$ (`PyroFlow`):
+    ``pyro.sample("z", as_pyro(flow))`` draws from it, plates and vectorised particles expand
+    it, and the ELBO scores its own draws with the log-density of the same pass.
+    ``flow.as_pyro(context)`` is the same.
+
+    Examples:
+        >>> import pyro, torch, flowforge as ff
+        >>> flow = ff.models.realnvp(dim=2, context_dim=3)
+        >>> with pyro.plate("data", 5):
+        ...     z = pyro.sample("z", as_pyro(flow, torch.randn(5, 3)))
+        >>> z.shape
+        torch.Size([5, 2])
+    """
+    return PyroFlow(flow, flow._check_context(context))

@@ -16,7 +16,6 @@ import torch
 from flowforge.datasets.base import Dataset, Split
 from flowforge.datasets.files import read_csv
 from flowforge.flows import io
-from flowforge.flows.baselines import GaussianBaseline, LinearGaussianBaseline
 from flowforge.flows.flow import Flow
 from flowforge.runs.config import (
     ConfigError,
@@ -31,6 +30,7 @@ from flowforge.runs.directory import (
 )
 from flowforge.runs.setup import context_dim_of, load_data
 from flowforge.runtime import interrupts, limits
+from flowforge.training.baselines import GaussianBaseline, LinearGaussianBaseline
 from flowforge.training.distributed import launched_rank
 from flowforge.training.loop import DivergenceError, History, fit
 from flowforge.training.objectives import FlowMatching
