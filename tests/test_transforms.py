@@ -141,6 +141,34 @@ def test_inverse_logdet_is_autograd_slogdet(case: Case, dim: int, batch: int, se
     check_logdet_against_autograd(lambda v: transform.inverse(v, c)[0], z, logdet, case.logdet)
 
 
+@pytest.mark.parametrize(("case", "dim"), PARAMS)
+def test_every_transform_is_a_torch_transform_through_the_adapter(case: Case, dim: int):
+    """`TorchTransform`: the generative direction, with torch's sign convention of the
+    log-determinant, on two leading batch dimensions (float64, the round-trip tolerance)."""
+    transform = make(case, dim, seed=3)
+    z, context = inputs(case, dim, 6, seed=3, side="latent")
+    adapter = T.TorchTransform(
+        transform, context, case.event_shape(dim), case.latent_event_shape(dim)
+    )
+    expected_x, expected_logdet = transform.inverse(z, context)
+    batch_of = (2, 3)  # a sample shape of two dimensions: flattened and restored
+    if context is not None:  # per-row contexts fit one batch dimension only
+        batch_of = (6,)
+    grid = z.reshape(*batch_of, *z.shape[1:])
+    x = adapter(grid)
+    tolerance = case.round_trip
+    assert x.shape == (*batch_of, *case.event_shape(dim))
+    torch.testing.assert_close(x.reshape(expected_x.shape), expected_x, atol=tolerance, rtol=0)
+    logdet = adapter.log_abs_det_jacobian(grid, x)  # of the pass that made x
+    torch.testing.assert_close(logdet.reshape(-1), expected_logdet, atol=tolerance, rtol=0)
+    fresh = x.clone()  # not the adapter's last output: computed from x alone
+    recomputed = adapter.log_abs_det_jacobian(grid.clone(), fresh)
+    torch.testing.assert_close(recomputed, logdet, atol=tolerance, rtol=tolerance)
+    torch.testing.assert_close(adapter.inv(fresh), grid, atol=tolerance, rtol=tolerance)
+    assert adapter.forward_shape(grid.shape) == x.shape
+    assert adapter.inverse_shape(x.shape) == grid.shape
+
+
 @pytest.mark.parametrize("case", [c for c in CASES if c.context_dim], ids=lambda c: c.name)
 def test_conditional_transforms_depend_on_context(case: Case):
     transform = make(case, 4, seed=3)

@@ -202,6 +202,59 @@ class ConditionalDiagNormal(BaseDistribution):
         return f"event_shape={tuple(self.event_shape)}, context_dim={self.context_dim}"
 
 
+class TorchBase(BaseDistribution):
+    r"""Any ``torch.distributions.Distribution`` over vectors as a flow's base: a Student-t,
+    a mixture, a Gaussian fitted to the data. ``log_prob(z)`` and ``rsample(n)`` are the
+    distribution's (``sample`` where it has no reparameterised draws); the ``D``
+    independent univariate distributions of a batch shape ``(D,)`` become one over vectors
+    (``Independent``). Its tensors stay where they were made: ``z`` goes to their dtype and
+    device and the result comes back, so build it in the flow's dtype (float64 for a
+    float64 flow). A distribution that is an ``nn.Module`` (a `Flow`) is a submodule, and
+    trains with the flow.
+
+    Examples:
+        >>> from torch.distributions import StudentT
+        >>> base = TorchBase(StudentT(4.0, torch.zeros(3), torch.ones(3)))
+        >>> base.event_shape, base.log_prob(torch.zeros(5, 3)).shape
+        (torch.Size([3]), torch.Size([5]))
+    """
+
+    def __init__(self, distribution: torch.distributions.Distribution) -> None:
+        if not isinstance(distribution, torch.distributions.Distribution):
+            raise TypeError(
+                f"expected a torch.distributions.Distribution, got {type(distribution).__name__}"
+            )
+        if not distribution.event_shape and len(distribution.batch_shape) == 1:
+            distribution = torch.distributions.Independent(distribution, 1)
+        if len(distribution.event_shape) != 1 or distribution.batch_shape:
+            raise ValueError(
+                f"a flow's base must be a distribution over vectors: event shape (D,) and no "
+                f"batch shape, got event shape {tuple(distribution.event_shape)} and batch "
+                f"shape {tuple(distribution.batch_shape)}"
+            )
+        super().__init__(distribution.event_shape)
+        self.distribution = distribution
+        draw = distribution.sample()
+        try:
+            centre = distribution.mean.to(draw.dtype)
+        except NotImplementedError:  # e.g. a mixture family without one
+            centre = torch.zeros_like(draw)
+        centre = torch.where(torch.isfinite(centre), centre, torch.zeros_like(centre))
+        self.register_buffer("loc", centre)  # the samples' dtype and device; the centre
+        self.native = {"dtype": draw.dtype, "device": draw.device}  # where it computes
+
+    def log_prob(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        return self.distribution.log_prob(z.to(**self.native)).to(z.dtype)
+
+    def rsample(self, n: int, context: Tensor | None = None) -> Tensor:
+        distribution = self.distribution
+        draw = distribution.rsample if distribution.has_rsample else distribution.sample
+        return draw((n,)).to(self.loc.device, self.loc.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.distribution}"
+
+
 BASES: dict[str, type[BaseDistribution]] = {
     "normal": StandardNormal,
     "logistic": StandardLogistic,
@@ -211,12 +264,17 @@ BASES: dict[str, type[BaseDistribution]] = {
 
 
 def make_base(
-    name: str | BaseDistribution, event_shape: int | Sequence[int], context_dim: int = 0
+    name: str | BaseDistribution | torch.distributions.Distribution,
+    event_shape: int | Sequence[int],
+    context_dim: int = 0,
 ) -> BaseDistribution:
     """A base distribution from its name (``"normal"``, ``"logistic"``, ``"diag-normal"``,
-    ``"conditional-normal"``, which needs ``context_dim``)."""
+    ``"conditional-normal"``, which needs ``context_dim``), or a torch distribution over
+    vectors (`TorchBase`)."""
     if isinstance(name, BaseDistribution):
         return name
+    if isinstance(name, torch.distributions.Distribution):
+        return TorchBase(name)
     if name not in BASES:
         raise ValueError(f"unknown base {name!r}; expected one of {sorted(BASES)}")
     if name == "conditional-normal":

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, constraints
 
-from flowforge.flows.distributions import BaseDistribution
+from flowforge.flows.distributions import BaseDistribution, TorchBase
 from flowforge.transforms import Transform
 from flowforge.transforms.base import static_sizes
 
@@ -105,7 +105,8 @@ class Flow(nn.Module, Distribution):
 
     Args:
         transform: the data -> latent map $f$.
-        base: the latent distribution $p_z$.
+        base: the latent distribution $p_z$: a flowforge base, or any
+            ``torch.distributions.Distribution`` over vectors (wrapped in `TorchBase`).
         embedding: an optional network applied to the context before the transform and base.
         validate_args: check inputs for NaN and infinite values on every call (shape and dtype
             are always checked); turn off to save the check's device synchronisation in tight
@@ -119,11 +120,13 @@ class Flow(nn.Module, Distribution):
     def __init__(
         self,
         transform: Transform,
-        base: BaseDistribution,
+        base: BaseDistribution | Distribution,
         embedding: nn.Module | None = None,
         validate_args: bool = True,
     ) -> None:
         nn.Module.__init__(self)
+        if isinstance(base, Distribution):  # any torch distribution over vectors
+            base = TorchBase(base)
         Distribution.__init__(
             self, batch_shape=torch.Size(), event_shape=base.event_shape, validate_args=False
         )

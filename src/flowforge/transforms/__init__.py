@@ -25,6 +25,7 @@ from flowforge.transforms.preprocessing import Logit
 from flowforge.transforms.radial import Radial
 from flowforge.transforms.spline import SplineAutoregressive, SplineCoupling, rational_quadratic
 from flowforge.transforms.squeeze import Squeeze
+from flowforge.transforms.torch_adapter import TorchTransform
 
 __all__ = [
     "ActNorm",
@@ -53,6 +54,7 @@ __all__ = [
     "SplineCoupling",
     "Squeeze",
     "Standardize",
+    "TorchTransform",
     "Transform",
     "checkerboard",
     "half_mask",
