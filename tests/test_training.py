@@ -238,10 +238,10 @@ def test_fit_and_fit_variational_take_a_device_name_as_the_command_line_does():
         ff.fit(flow, data.train, epochs=1, progress=False, device=missing)
 
 
-def test_resume_from_a_directory_without_a_checkpoint_says_so_and_starts_afresh(tmp_path, capsys):
+def test_resume_from_a_directory_without_a_checkpoint_says_so_and_starts_afresh(tmp_path, caplog):
     data, typo = gaussian_data(50, 0), tmp_path / "typo"
     resumed = fit(small_flow(), data, epochs=1, progress=False, checkpoint=typo, resume=True)
-    assert capsys.readouterr().err == f"nothing to resume in {typo}: starting a new run\n"
+    assert caplog.messages == [f"nothing to resume in {typo}: starting a new run"]
     fresh = fit(small_flow(), data, epochs=1, progress=False)
     assert resumed.epochs[0]["train_nll"] == fresh.epochs[0]["train_nll"]
     assert not any(e["event"] == "resumed" for e in resumed.events)

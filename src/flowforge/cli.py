@@ -20,7 +20,7 @@ from flowforge.flows import models
 from flowforge.nn.made import MADE
 from flowforge.nn.mlp import MLP, ConvResNet
 from flowforge.nn.velocity import TimeMLP
-from flowforge.runtime import interrupts
+from flowforge.runtime import interrupts, logs
 from flowforge.runtime.files import one_line
 from flowforge.training.loop import DivergenceError
 from flowforge.transforms.continuous import METHODS
@@ -606,6 +606,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
+    with logs.installed():  # the library's warnings and progress lines on stderr
+        return _report(args)
+
+
+def _report(args: argparse.Namespace) -> int:
+    """Run the command; its errors as one line each and an exit status."""
     prefix = f"flowforge {args.command}"
     debug = getattr(args, "debug", False)
     try:

@@ -27,9 +27,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from flowforge.flows.flow import Flow
-from flowforge.runtime import devices
+from flowforge.runtime import devices, logs
 from flowforge.training.loop import check_optimisation, gradient_step, is_terminal
 from flowforge.training.optimizers import adam
+
+PROGRESS = logs.logger("progress")  # one line every 5% of the steps where no bar is drawn
 
 
 class UnnormalisedDensity(Protocol):
@@ -125,6 +127,8 @@ def fit_variational(
     history = VariationalHistory()
     flow.train()
     lines = progress and not is_terminal(sys.stderr)  # a log file: one line every 5% of steps
+    shown = logs.showing_progress(lines)  # the lines through logging, on stderr by default
+    shown.__enter__()
     bar = tqdm(total=steps, disable=not progress or lines, unit="step", dynamic_ncols=True)
     next_line = 0
     elbo_sum, loss_sum, count, started = 0.0, 0.0, 0, time.perf_counter()
@@ -159,7 +163,7 @@ def fit_variational(
                 bar.update(count)
                 bar.set_postfix_str(f"elbo {record['elbo']:.4f} beta {beta:.3f}", refresh=False)
                 if lines and (step + 1 >= next_line or step + 1 == steps):
-                    print(_step_line(record, steps), file=sys.stderr, flush=True)
+                    PROGRESS.info(_step_line(record, steps))
                     next_line = step + 1 + max(1, steps // 20)
                 if callback is not None:
                     callback(record)
@@ -173,6 +177,7 @@ def fit_variational(
     finally:
         bar.close()
         flow.eval()
+        shown.__exit__(None, None, None)
     return history
 
 

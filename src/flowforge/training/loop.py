@@ -7,6 +7,8 @@ NLL minus the data's entropy $H(p)$ estimates that KL.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import sys
 import time
@@ -19,10 +21,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from flowforge.datasets.base import Split
 from flowforge.flows.flow import Flow
-from flowforge.runtime import devices, interrupts
+from flowforge.runtime import devices, interrupts, logs
 from flowforge.training import checkpoint, compiling, objectives
 from flowforge.training import distributed as parallel
 from flowforge.training.averaging import WeightAverage, check_decay
@@ -261,6 +264,8 @@ def fit(
         return trainer.run(progress)
 
 
+LOG = logs.logger("training")  # warnings: rollbacks, a failed compilation, nothing to resume
+PROGRESS = logs.logger("progress")  # one line per epoch where no progress bar is drawn
 SNAPSHOT_EVERY = 25  # steps between in-memory copies of the last good training state
 REFUSED_ON_RESUME = (
     "model",
@@ -545,6 +550,10 @@ class _Trainer:
             say=self._say,
             eager_only=self._eager_only(),
         )
+        shown = contextlib.ExitStack()  # progress and warnings through logging, on stderr
+        shown.enter_context(logs.showing_progress(progress))  # unless logging is configured
+        if progress and not self.epoch_lines:  # log records above the bar, not through it
+            shown.enter_context(logging_redirect_tqdm([logging.getLogger(logs.ROOT)]))
         try:
             for hook in self.callbacks:
                 hook.on_fit_start(self)
@@ -571,6 +580,7 @@ class _Trainer:
             flow.eval()
             for hook in self.callbacks:
                 hook.on_fit_end(self)
+            shown.close()
         return self.history
 
     def _run_epoch(self, bar) -> bool:
@@ -670,9 +680,9 @@ class _Trainer:
         return None
 
     def _say(self, message: str) -> None:
-        """A line on stderr, from rank 0 only."""
+        """A warning through logging (`flowforge.runtime.logs`), from rank 0 only."""
         if self.main:
-            tqdm.write(message, file=sys.stderr)
+            LOG.warning(message)
 
     def _end_epoch(self, bar, seconds: float) -> bool:
         flow, val, train = self.flow, self.val, self.train
@@ -712,7 +722,7 @@ class _Trainer:
         running = record[self.objective.record]
         bar.set_postfix_str(_postfix(self.epoch, running or math.nan, self.history))
         if self.epoch_lines:
-            print(_epoch_line(record, self.epochs, self.history), file=sys.stderr, flush=True)
+            PROGRESS.info(_epoch_line(record, self.epochs, self.history))
         for hook in self.callbacks:  # fit's (early stopping, files, callback=), the user's
             hook.on_epoch_end(self, record)
         if self.stop_reason is not None:
