@@ -175,3 +175,33 @@ def test_an_optimizer_whose_settings_are_not_json_is_refused_before_training(tmp
     with pytest.raises(CheckpointError, match=r"cannot store the optimizer's state \(Adam\)"):
         ff.fit(model, data(), epochs=1, optimizer=tensor_rate, checkpoint=tmp_path, progress=False)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_fit_variational_takes_the_users_optimizer_and_scheduler():
+    """Reverse KL to N(1, 0.5^2 I) with SGD and a StepLR of 50 steps: the records' rates
+    are StepLR's, and the flow moves towards the target."""
+    target = torch.distributions.Independent(
+        torch.distributions.Normal(torch.ones(2), 0.5 * torch.ones(2)), 1
+    )
+    torch.manual_seed(0)
+    model = ff.models.realnvp(dim=2, layers=2, hidden=(8,), base="diag-normal")
+    history = ff.fit_variational(
+        model,
+        target,
+        steps=200,
+        batch_size=64,
+        log_every=50,
+        optimizer=lambda p: torch.optim.SGD(p, lr=0.02, momentum=0.9),
+        scheduler=lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=50, gamma=0.5),
+        progress=False,
+    )
+    assert [r["lr"] for r in history.records] == pytest.approx([0.01, 0.005, 0.0025, 0.00125])
+    assert history.records[-1]["elbo"] > history.records[0]["elbo"]
+    with pytest.raises(ValueError, match="ReduceLROnPlateau steps on a validation loss"):
+        ff.fit_variational(
+            model,
+            target,
+            steps=10,
+            scheduler=torch.optim.lr_scheduler.ReduceLROnPlateau,
+            progress=False,
+        )

@@ -29,7 +29,13 @@ from tqdm.auto import tqdm
 from flowforge.flows.flow import Flow
 from flowforge.runtime import devices, logs
 from flowforge.training.loop import check_optimisation, gradient_step, is_terminal
-from flowforge.training.optimizers import adam
+from flowforge.training.optimizers import (
+    OptimizerSpec,
+    SchedulerSpec,
+    build_optimizer,
+    build_scheduler,
+    check_options,
+)
 
 PROGRESS = logs.logger("progress")  # one line every 5% of the steps where no bar is drawn
 
@@ -73,6 +79,8 @@ def fit_variational(
     anneal: int | None = None,
     beta0: float = 0.01,
     schedule: str | None = "cosine",
+    optimizer: OptimizerSpec | None = None,
+    scheduler: SchedulerSpec | None = None,
     clip: float | None = None,
     log_every: int = 100,
     progress: bool = True,
@@ -97,6 +105,10 @@ def fit_variational(
         anneal: steps over which $\beta$ rises linearly from ``beta0`` to 1 (see
             `annealing()`); None for none.
         schedule: ``"cosine"`` (the learning rate decays to 0 over ``steps``) or None.
+        optimizer: your own optimizer (or a factory of the parameters), as in
+            `flowforge.fit()`; default: Adam with ``lr``.
+        scheduler: your own learning-rate scheduler (or a factory of the optimizer),
+            stepped after every step, as in `flowforge.fit()`; it replaces ``schedule``.
         clip: clip the gradient norm to this value.
         log_every: steps per record of the history (and progress-bar update).
         device: as in `flowforge.fit()`.
@@ -117,13 +129,18 @@ def fit_variational(
         raise ValueError(f"beta0 must be in (0, 1], got {beta0!r}")
     if schedule not in (None, "cosine"):
         raise ValueError(f"schedule must be 'cosine' or None, got {schedule!r}")
+    check_options(optimizer, scheduler, lr, 0.0, schedule)
     flow.to(device=devices.resolve(device, default=str(flow.device)), dtype=dtype or flow.dtype)
     if seed is not None:
         torch.manual_seed(seed)
-    optimizer = adam(flow.parameters(), lr)
-    scheduler = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps) if schedule else None
-    )
+    optimizer = build_optimizer(optimizer, flow, lr)
+    plan = build_scheduler(scheduler, optimizer, schedule, steps)
+    if plan.every == "validation":
+        raise ValueError(
+            "ReduceLROnPlateau steps on a validation loss, which fit_variational does not "
+            "have; give a scheduler that steps every step"
+        )
+    scheduler = plan.scheduler
     history = VariationalHistory()
     flow.train()
     lines = progress and not is_terminal(sys.stderr)  # a log file: one line every 5% of steps

@@ -75,33 +75,40 @@ def fit(
     train: Split | Tensor | Dataset | DataLoader,
     val: Split | Tensor | Dataset | DataLoader | None = None,
     *,
+    # what to minimise, and how long
+    objective: str | Objective = "likelihood",
     epochs: int = 100,
     batch_size: int = 256,
+    # the optimiser
     lr: float = 1e-3,
     weight_decay: float = 0.0,
     schedule: str | None = "cosine",
     optimizer: OptimizerSpec | None = None,
     scheduler: SchedulerSpec | None = None,
     clip: float | None = None,
-    patience: int | None = None,
+    ema: float | None = None,
+    # which weights to keep, and when to stop
     keep_best: bool = True,
-    progress: bool = True,
-    tensorboard: str | Path | None = None,
+    patience: int | None = None,
+    # files: checkpoints and resume, metrics
     checkpoint: str | Path | None = None,
     resume: bool = False,
     checkpoint_every: int | None = None,
     metrics: str | Path | None = None,
+    tensorboard: str | Path | None = None,
+    # safety
     divergence_threshold: float | None = 10.0,
     rollbacks: int = 5,
+    # where and how fast
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
+    distributed: bool | None = None,
+    compile: str | bool = "auto",
     seed: int | None = 0,
+    # feedback
+    progress: bool = True,
     callback: Callable[[dict[str, Any]], None] | None = None,
     callbacks: Sequence[Callback] = (),
-    distributed: bool | None = None,
-    objective: str | Objective = "likelihood",
-    compile: str | bool = "auto",
-    ema: float | None = None,
 ) -> History:
     r"""Fit ``flow`` to ``train`` by maximum likelihood with Adam (AdamW with ``weight_decay``)
     or the ``optimizer`` given.
@@ -118,6 +125,11 @@ def fit(
             and shuffling); see `flowforge.training.batches` for the items and for how a
             resume replays a loader.
         val: the validation samples, of any of those kinds (optional).
+        objective: what to minimise (`flowforge.training.objectives`): ``"likelihood"``
+            (the default: the NLL, recorded as ``train_nll``) or ``"flow-matching"``
+            (continuous flows: conditional flow matching, recorded as ``train_fm_loss``;
+            ``FlowMatching(coupling="ot", sigma_min=...)`` for its options). The validation
+            NLL is the exact one whatever the objective.
         epochs: passes over ``train``.
         batch_size: samples per step.
         lr: Adam's learning rate.
@@ -136,10 +148,14 @@ def fit(
             ``schedule``. The optimizer's and the scheduler's states are checkpointed (as
             JSON and tensors), and a resume must use the same classes.
         clip: clip the gradient norm to this value.
-        patience: stop after this many epochs without a better validation NLL.
+        ema: the decay $d$ of an exponential moving average of the weights
+            (`flowforge.training.averaging`; 0.99 is a good value for a few thousand
+            steps), or None (the default): then the validation NLL, the best epoch and the
+            weights ``fit`` leaves in ``flow`` are the average's, and the checkpoint holds
+            it beside the trained weights.
+
         keep_best: end with the weights of the best validation epoch (if ``val`` is given).
-        progress: show a progress bar with the running loss and the validation NLL.
-        tensorboard: a log directory for TensorBoard scalars (needs ``tensorboard``).
+        patience: stop after this many epochs without a better validation NLL.
         checkpoint: a directory; the training state is saved there at the end of every epoch
             (`flowforge.training.checkpoint`), when a signal stops training, and every
             ``checkpoint_every`` steps.
@@ -154,6 +170,7 @@ def fit(
         checkpoint_every: also save a checkpoint every this many steps inside an epoch, so
             that a killed run loses at most that many steps.
         metrics: a JSON-lines file rewritten (atomically) after every epoch, one line each.
+        tensorboard: a log directory for TensorBoard scalars (needs ``tensorboard``).
         divergence_threshold: a step whose loss is not finite, or exceeds the
             running loss by ``divergence_threshold`` running spreads
             (`flowforge.training.divergence`; ``None``: finiteness only), rolls the model and the
@@ -163,13 +180,6 @@ def fit(
         device: where to train: "cpu", "cuda", "cuda:N", "mps" or "auto" (CUDA where there is
             one), or a `torch.device`; default: the flow's device.
         dtype: the precision to train in (default: the flow's).
-        seed: seeds initialisation-independent randomness (shuffling, dequantisation, sampling
-            in the model); ``None`` leaves the global generators alone.
-        callback: called with each epoch's record (on every rank of a distributed run).
-        callbacks: your own `flowforge.training.callbacks.Callback` objects, called after
-            fit's own (early stopping, the metrics file, TensorBoard, ``callback``) at the
-            start, after every step, after every epoch (where one can stop training) and
-            at the end.
         distributed: train one model on all the processes of a ``torch.distributed`` group
             (`flowforge.training.distributed`): None (the default) joins the group that
             ``torchrun`` or ``flowforge fit --nproc`` set up in the environment, if any; True
@@ -178,11 +188,6 @@ def fit(
             between the ranks, the validation sums are all-reduced, and only rank 0 writes
             checkpoints, metrics, TensorBoard logs and the progress bar; the result equals
             the one-process run's up to the order of floating-point sums.
-        objective: what to minimise (`flowforge.training.objectives`): ``"likelihood"``
-            (the default: the NLL, recorded as ``train_nll``) or ``"flow-matching"``
-            (continuous flows: conditional flow matching, recorded as ``train_fm_loss``;
-            ``FlowMatching(coupling="ot", sigma_min=...)`` for its options). The validation
-            NLL is the exact one whatever the objective.
         compile: ``"auto"`` (the default) compiles the training step with ``torch.compile``
             when the steps left repay the compile time, judged from the eager step time
             measured over the first steps (`flowforge.training.compiling`), and goes back to
@@ -191,12 +196,14 @@ def fit(
             the run's length; ``False`` never does. A compilation that fails is reported in
             one line and training continues eagerly. A compilation is an entry of
             ``history.events``.
-        ema: the decay $d$ of an exponential moving average of the weights
-            (`flowforge.training.averaging`; 0.99 is a good value for a few thousand
-            steps), or None (the default): then the validation NLL, the best epoch and the
-            weights ``fit`` leaves in ``flow`` are the average's, and the checkpoint holds
-            it beside the trained weights.
-
+        seed: seeds initialisation-independent randomness (shuffling, dequantisation, sampling
+            in the model); ``None`` leaves the global generators alone.
+        progress: show a progress bar with the running loss and the validation NLL.
+        callback: called with each epoch's record (on every rank of a distributed run).
+        callbacks: your own `flowforge.training.callbacks.Callback` objects, called after
+            fit's own (early stopping, the metrics file, TensorBoard, ``callback``) at the
+            start, after every step, after every epoch (where one can stop training) and
+            at the end.
     Returns:
         The `History`. A validation NLL that is not finite is recorded as ``None`` and
         never chosen as the best. On divergence beyond the rollbacks a
@@ -437,7 +444,7 @@ class _Trainer:
             self.in_epoch = True
         else:
             self.epoch, self.step = len(self.history.epochs), 0
-        self.global_step = metadata.get("global_step")  # (not kept before flowforge 0.3)
+        self.global_step = metadata.get("global_step")  # (checkpoints of flowforge 0.1 lack it)
         if self.global_step is None:
             self.global_step = self.epoch * self.steps_per_epoch + self.step
         self.history.events.append({"event": "resumed", "epoch": self.epoch + 1, "step": self.step})
