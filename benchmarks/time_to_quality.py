@@ -141,7 +141,7 @@ def run_flowforge(
 
     events: list = []
     try:
-        settings = {"epochs": row.epochs, "batch_size": row.batch_size, **options}
+        settings = fit_settings(row, len(data.train), options)
         history = ff.fit(
             flow,
             data.train,
@@ -156,6 +156,38 @@ def run_flowforge(
     except TargetReachedError:
         pass
     return curve, events
+
+
+def fit_settings(row: Row, n_train: int, options: dict) -> dict:
+    """``ff.fit``'s keywords for a row and a variant's changes; ``betas`` and ``eps`` make
+    an Adam of those (fused, as fit's own), ``warmup=N`` a linear warm-up over N steps from
+    1% of the rate, then fit's cosine decay to 0 over the steps left."""
+    settings = {"epochs": row.epochs, "batch_size": row.batch_size, **options}
+    adam = {key: settings.pop(key) for key in ("betas", "eps") if key in settings}
+    warmup = settings.pop("warmup", None)
+    lr = settings.pop("lr", 1e-3)
+    if adam:
+
+        def optimizer(parameters):
+            try:
+                return torch.optim.Adam(parameters, lr=lr, fused=True, **adam)
+            except (RuntimeError, TypeError, ValueError):
+                return torch.optim.Adam(parameters, lr=lr, **adam)
+
+        settings["optimizer"] = optimizer
+    else:
+        settings["lr"] = lr
+    if warmup:
+        total = settings["epochs"] * -(-n_train // settings["batch_size"])
+        lr_ = torch.optim.lr_scheduler
+
+        def scheduler(optimizer):
+            rise = lr_.LinearLR(optimizer, 0.01, 1.0, total_iters=warmup)
+            decay = lr_.CosineAnnealingLR(optimizer, T_max=total - warmup)
+            return lr_.SequentialLR(optimizer, [rise, decay], [warmup])
+
+        settings["scheduler"] = scheduler
+    return settings
 
 
 def peer_model(library: str, row: Row, dim: int, seed: int):
@@ -375,8 +407,11 @@ def _missing(row: Row, mnist_dir: Path) -> str | None:
     return None
 
 
-def _number(text: str) -> int | float:
-    """A variant's value: an integer where it reads as one, else a float."""
+def _number(text: str) -> int | float | tuple[float, ...]:
+    """A variant's value: an integer where it reads as one, a tuple of floats where it has
+    commas (``betas=0.9,0.99``), else a float."""
+    if "," in text:
+        return tuple(float(part) for part in text.split(","))
     return int(text) if text.lstrip("-").isdigit() else float(text)
 
 
@@ -400,8 +435,9 @@ def main(argv: list[str] | None = None) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="also run ff.fit with this keyword changed, e.g. lr=2e-3 or batch_size=512 "
-        "(the contestant 'flowforge KEY=VALUE', not compared; repeatable)",
+        help="also run ff.fit with this keyword changed, e.g. lr=2e-3 or batch_size=512, "
+        "or Adam's betas=0.9,0.99 or eps=1e-6, or warmup=STEPS (the contestant "
+        "'flowforge KEY=VALUE', not compared; repeatable)",
     )
     parser.add_argument("--no-peers", action="store_true", help="flowforge's contestants only")
     parser.add_argument("--out", type=Path, default=OUT)

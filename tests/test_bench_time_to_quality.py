@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # benchmarks/ is a folder of the repository, not installed
@@ -88,3 +89,28 @@ def test_the_variants_table_gives_each_contestant_s_median():
     assert lines[-1] == "| r | 3 | 3.0 | 2.0 |"
     rows[1]["seconds"]["flowforge lr=0.003"] = None
     assert ttq.variants({"rows": rows}).splitlines()[-1] == "| r | 3 | 3.0 | - |"
+
+
+def test_a_variant_of_adams_betas_and_a_warm_up_become_fit_keywords():
+    from benchmarks import time_to_quality as ttq
+
+    row = ttq.ROWS["two-moons-realnvp"]
+    assert ttq._number("0.9,0.99") == (0.9, 0.99) and ttq._number("500") == 500
+    settings = ttq.fit_settings(row, 1000, {"betas": (0.9, 0.99), "eps": 1e-6, "warmup": 10})
+    assert "lr" not in settings  # given to the optimizer instead
+    model = torch.nn.Linear(2, 2)
+    optimizer = settings["optimizer"](list(model.parameters()))
+    group = optimizer.param_groups[0]
+    assert (group["lr"], group["betas"], group["eps"]) == (1e-3, (0.9, 0.99), 1e-6)
+    scheduler = settings["scheduler"](optimizer)
+    rates = []
+    for _ in range(12):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates[0] == pytest.approx(1e-5) and rates[10] == pytest.approx(1e-3, rel=1e-3)
+    assert ttq.fit_settings(row, 1000, {"lr": 2e-3}) == {
+        "epochs": row.epochs,
+        "batch_size": row.batch_size,
+        "lr": 2e-3,
+    }
