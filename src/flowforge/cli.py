@@ -292,6 +292,12 @@ def _add_fit(commands) -> None:
         "steps repay the compile time), true or false",
     )
     options.add_argument(
+        "--precision",
+        choices=("float32", "bf16"),
+        help="bf16: the networks' matrix products in bfloat16, the log-determinants and the "
+        "loss in float32 (default float32)",
+    )
+    options.add_argument(
         "--ema",
         type=_number(strict=True),
         metavar="DECAY",

@@ -36,6 +36,7 @@ DEFAULTS: dict[str, Any] = {
     "coupling_reg": 0.05,  # the entropic regulariser of the "sinkhorn" pairing
     "sigma_min": 0.0,  # flow matching's path width at the data
     "compile": "auto",  # torch.compile the training step: "auto" (when it pays), true, false
+    "precision": "float32",  # or "bf16": the networks' products in bfloat16
     "ema": None,  # the decay of a moving average of the weights, evaluated and kept
     "device": "cpu",
     "dtype": "float32",
@@ -194,6 +195,7 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
         "a number in [0, 1)",
     ),
     "compile": (lambda v: v == "auto" or isinstance(v, bool), "auto, true or false"),
+    "precision": (lambda v: v in ("float32", "bf16"), "float32 or bf16"),
     "ema": (
         _optional(lambda v: finite_number(v) is not None and 0 < finite_number(v) < 1),
         "a decay in (0, 1) such as 0.99, or null",

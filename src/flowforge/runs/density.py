@@ -109,6 +109,7 @@ def fit_run(
             rollbacks=config["rollbacks"],
             objective=objective,
             compile=config["compile"],
+            precision=config["precision"],
             ema=config["ema"],
             device=config["device"],
             dtype=getattr(torch, config["dtype"]),

@@ -62,6 +62,7 @@ from flowforge.training.optimizers import (
     check_options,
     describe,
 )
+from flowforge.training.precision import Bf16Products, check_precision
 from flowforge.training.results import (
     History,
     _check_data,
@@ -104,6 +105,7 @@ def fit(
     dtype: torch.dtype | None = None,
     distributed: bool | None = None,
     compile: str | bool = "auto",
+    precision: str = "float32",
     seed: int | None = 0,
     # feedback
     progress: bool = True,
@@ -196,6 +198,10 @@ def fit(
             the run's length; ``False`` never does. A compilation that fails is reported in
             one line and training continues eagerly. A compilation is an entry of
             ``history.events``.
+        precision: ``"float32"`` (the default) or ``"bf16"``: the networks' matrix products
+            in bfloat16 under ``torch.autocast``, the log-determinants, the base
+            log-density and the loss in float32 (`flowforge.training.precision`); for a
+            float32 flow on a CPU or a GPU with bf16. Validation stays in float32.
         seed: seeds initialisation-independent randomness (shuffling, dequantisation, sampling
             in the model); ``None`` leaves the global generators alone.
         progress: show a progress bar with the running loss and the validation NLL.
@@ -233,6 +239,7 @@ def fit(
     if workers is not None:
         target = parallel.device_for(target)
     flow.to(device=target, dtype=dtype or flow.dtype)
+    check_precision(precision, flow.dtype, flow.device)
     for name, split in (("train", train), ("val", val)):
         if isinstance(split, Split):  # a dataset or a loader: each batch when it is read
             _check_data(flow, split, name)
@@ -261,6 +268,7 @@ def fit(
         workers=workers,
         objective=objective,
         compile=compile,
+        precision=precision,
         ema=ema,
     )
     if resume and (trainer.checkpoint / CHECKPOINT).exists():
@@ -300,6 +308,8 @@ class _Trainer:
             setattr(self, name, value)
         self.main = self.workers is None or self.workers.is_main  # writes files and logs
         loss = ObjectiveLoss(self.objective, flow)
+        self.bf16 = Bf16Products(loss, flow.device.type) if self.precision == "bf16" else None
+        loss = loss if self.bf16 is None else self.bf16
         self.loss = loss if self.workers is None else parallel.wrap(loss)
         self.generator = torch.Generator().manual_seed(0 if self.seed is None else self.seed)
         # the user's optimizer and scheduler (or their factories), else flowforge's
@@ -363,6 +373,7 @@ class _Trainer:
             "patience": self.patience,
             "objective": self.objective.describe(),
             "ema": self.ema,
+            "precision": self.precision,
         }
 
     def save(self) -> None:
@@ -585,6 +596,8 @@ class _Trainer:
             elif self.average is not None and self.average.updates:
                 flow.load_state_dict(self.average.state_dict())  # the average, for evaluation
             flow.eval()
+            if self.bf16 is not None:
+                self.bf16.remove()  # the flow's layers without the casts again
             for hook in self.callbacks:
                 hook.on_fit_end(self)
             shown.close()
