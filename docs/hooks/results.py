@@ -187,6 +187,10 @@ def vi_guide(path: Path) -> str:
     return _module("vi_guide").table(_load(path))
 
 
+def precision(path: Path) -> str:
+    return _module("precision").table(_load(path))
+
+
 def cnf_batch(path: Path) -> str:
     return _module("cnf_batch").table(_load(path))
 
@@ -201,6 +205,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "time-to-quality-summary": time_to_quality_summary,
     "fit-variants": fit_variants,
     "vi-guide": vi_guide,
+    "precision": precision,
     "speed": speed,
     "floor": floor,
     "fused": fused,

@@ -222,6 +222,14 @@ def _add_fit(commands) -> None:
         help="train on N local processes (torch.distributed, started by torch's elastic "
         "launcher; for several machines start flowforge fit under torchrun instead)",
     )
+    fit.add_argument(
+        "--max-restarts",
+        type=_at_least(0),
+        default=0,
+        metavar="K",
+        help="with --nproc: when a worker dies, start the group again up to K times, each "
+        "time resuming from the last checkpoint (default 0: the run ends)",
+    )
     options.add_argument(
         "--data",
         help="dataset name (flowforge list), or a .npz (arrays x and optional context), .npy "
@@ -441,7 +449,7 @@ def _train(args: argparse.Namespace) -> None:
         if (args.nproc or 1) > 1 and "RANK" not in os.environ:  # start the workers
             from flowforge.training import distributed as launcher
 
-            launcher.launch_local(args.nproc, sys.argv[1:])
+            launcher.launch_local(args.nproc, sys.argv[1:], max_restarts=args.max_restarts)
             return
         _, history = runs.fit_run(config, args.out, resume=args.resume)
         if int(os.environ.get("RANK", "0")) != 0:

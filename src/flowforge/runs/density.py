@@ -31,7 +31,7 @@ from flowforge.runs.directory import (
 from flowforge.runs.setup import context_dim_of, load_data
 from flowforge.runtime import interrupts, limits
 from flowforge.training.baselines import GaussianBaseline, LinearGaussianBaseline
-from flowforge.training.distributed import launched_rank
+from flowforge.training.distributed import launched_rank, restart_count
 from flowforge.training.loop import DivergenceError, History, fit
 from flowforge.training.objectives import FlowMatching
 from flowforge.training.results import nll_values, report_of, write_metrics
@@ -76,6 +76,7 @@ def fit_run(
     model saved is the last good one and `flowforge.training.DivergenceError` is
     raised."""
     out = Path(out)
+    resume = resume or restart_count() > 0  # torchrun restarted the workers: go on
     if resume:
         _check_resume(config, out)
     objective = _objective(config)  # refused (a missing extra) before anything is written

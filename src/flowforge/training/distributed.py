@@ -77,6 +77,30 @@ def environment_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def restart_count() -> int:
+    """How many times torchrun's agent has restarted this group (``--max-restarts``): 0 on
+    the first attempt and outside torchrun."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+
+
+def _attempt_store(timeout: datetime.timedelta) -> dist.Store | None:
+    """For a group that torchrun restarted, the agent's key-value store under a prefix of
+    this attempt; None on a first attempt.
+
+    The agent's store outlives its workers. Its static rendezvous (``--master-port`` without
+    ``--rdzv-backend c10d``) gives every attempt the same store and the same keys, so a
+    restarted group found the dead attempt's addresses under them and its gloo ranks could not
+    connect (they waited on peers that no longer existed). A prefix per attempt gives each
+    attempt keys of its own; torch's c10d rendezvous (``--standalone``) works either way."""
+    attempt = restart_count()
+    if attempt == 0 or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    agent = dist.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False, timeout=timeout
+    )
+    return dist.PrefixStore(f"flowforge/attempt-{attempt}/", agent)
+
+
 def backend_for(device: torch.device) -> str:
     """nccl for CUDA, gloo otherwise."""
     return "nccl" if device.type == "cuda" else "gloo"
@@ -116,7 +140,15 @@ def setup(distributed: bool | None, device: torch.device) -> Workers | None:
             )
         if device.type == "cuda":
             torch.cuda.set_device(device_for(device))  # this rank's own GPU
-        dist.init_process_group(backend_for(device), timeout=datetime.timedelta(seconds=TIMEOUT_S))
+        timeout = datetime.timedelta(seconds=TIMEOUT_S)
+        store = _attempt_store(timeout)
+        if store is None:
+            dist.init_process_group(backend_for(device), timeout=timeout)
+        else:
+            rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+            dist.init_process_group(
+                backend_for(device), store=store, rank=rank, world_size=world, timeout=timeout
+            )
     world = dist.get_world_size()
     if world == 1 and not distributed:
         return None

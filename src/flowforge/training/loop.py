@@ -162,11 +162,13 @@ def fit(
             (`flowforge.training.checkpoint`), when a signal stops training, and every
             ``checkpoint_every`` steps.
         resume: continue from the checkpoint in ``checkpoint`` at the step where it was
-            taken; where ``checkpoint`` holds none, a line on stderr says "nothing to resume
-            in DIR: starting a new run" and training starts from the beginning. Changing the
-            model, the data, ``batch_size``, ``weight_decay``, ``schedule``, ``seed`` or
-            ``dtype`` is refused with a ``ValueError`` naming them; a new ``lr``, ``clip`` or
-            ``patience`` is applied and recorded in ``history.events``; more ``epochs``
+            taken (a group that ``torchrun --max-restarts`` restarted after a worker died
+            resumes so by itself); where ``checkpoint`` holds none, a warning says
+            "nothing to resume in DIR: starting a new run" and training starts from the
+            beginning. Changing the model, the data, ``batch_size``, ``weight_decay``,
+            ``schedule``, ``seed`` or ``dtype`` is refused with a ``ValueError`` naming them;
+            a new ``lr``, ``clip`` or ``patience`` is applied and recorded in
+            ``history.events``; more ``epochs``
             continue the cosine schedule from the current rate to 0 over the added steps
             (from ``lr`` again if the run had finished: a warm restart).
         checkpoint_every: also save a checkpoint every this many steps inside an epoch, so
@@ -230,6 +232,10 @@ def fit(
     hooks += [TensorBoard(tensorboard)] if tensorboard is not None else []
     hooks += [EachEpoch(callback)] if callback is not None else []
     hooks += check_callbacks(callbacks)
+    if checkpoint is not None and not resume and parallel.restart_count() > 0:
+        resume = True  # torchrun restarted the group after a worker died: go on from the checkpoint
+        if parallel.launched_rank() == 0:
+            LOG.warning(f"torchrun restart {parallel.restart_count()}: resuming from {checkpoint}")
     if resume and checkpoint is None:
         raise ValueError("resume=True needs checkpoint=, the directory to resume from; got None")
     objective = objectives.get(objective)
