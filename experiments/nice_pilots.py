@@ -73,14 +73,85 @@ RECIPES = {
 }
 
 
+DESCRIPTIONS = {
+    "zeros": "the scaling from zero; Adam 1e-3 (0.9, 0.999, 1e-8), cosine to 0",
+    "data-init": "the scaling from the data; Adam 1e-3 (0.9, 0.999, 1e-8), cosine to 0",
+    "data-init-paper-adam": "the scaling from the data; Adam 1e-3 (0.9, 0.99, 1e-4), cosine to 0",
+    "data-init-ema": "the scaling from the data; fit's defaults and ema=0.999",
+    "data-init-lr-2e-3": "the scaling from the data; Adam 2e-3, cosine to 0",
+    "data-init-warmup-floor": "the scaling from the data; Adam 2e-3, 500 steps of warm-up, "
+    "cosine to 2e-4",
+    "data-init-batch-128": "the scaling from the data; batch 128",
+    "zeros-constant": "the scaling from zero; Adam 1e-3, constant (the command line's MNIST)",
+    "data-init-constant": "the scaling from the data; Adam 1e-3, constant",
+}
+
+
+def row_of(recipe: str, history: ff.History, model_options: dict, fit_options: dict) -> dict:
+    """The JSON row of a pilot: its recipe and its curve (validation LL and seconds by epoch)."""
+    seconds, curve = 0.0, []
+    for epoch in history.epochs:
+        seconds += epoch["seconds"]
+        val = epoch["val_nll"]  # None where it was not finite
+        ll = None if val is None else -val
+        curve.append({"epoch": epoch["epoch"], "seconds": round(seconds, 1), "val_ll": ll})
+    return {
+        "recipe": recipe,
+        "model": {k: str(v) for k, v in model_options.items()},
+        "fit": {k: v if isinstance(v, int | float) else "RECIPES" for k, v in fit_options.items()},
+        "epochs": len(history.epochs),
+        "stopped": history.stopped,
+        "best_epoch": history.best_epoch,
+        "curve": curve,
+    }
+
+
+def table(results: dict) -> str:
+    """The pilots as a markdown table: the validation LL at epochs 10, 20 and the last, the
+    test LL of the best epoch with its standard error, and the training time."""
+    lines = [
+        "| recipe | epochs | val LL at 10 / 20 | val LL at the end | test LL (nats) | "
+        "bits/dim | training time |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in results["rows"]:
+        at = {point["epoch"]: point["val_ll"] for point in row["curve"]}
+        last = row["curve"][-1]
+        test = (
+            "running" if "test_ll" not in row else f"{row['test_ll']:.1f} ± {row['test_ll_se']:.1f}"
+        )
+        bpd = "" if "test_bpd" not in row else f"{row['test_bpd']:.3f}"
+        early = " / ".join(f"{at[e]:.1f}" if at.get(e) is not None else "-" for e in (10, 20))
+        lines.append(
+            f"| {DESCRIPTIONS.get(row['recipe'], row['recipe'])} | {last['epoch']} | {early} "
+            f"| {last['val_ll']:.1f} | {test} | {bpd} | {last['seconds'] / 60:.0f} min |"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recipe", choices=sorted(RECIPES), required=True)
+    parser.add_argument("--recipe", choices=sorted(RECIPES))
     parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--checkpoint", type=Path)
     parser.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared/data/mnist")
     parser.add_argument("--out", type=Path, default=ROOT / "experiments/nice_pilots.json")
+    parser.add_argument("--table", action="store_true", help="print the table of --out")
+    parser.add_argument(
+        "--snapshot", action="store_true", help="record the curve so far of a running pilot"
+    )
     args = parser.parse_args(argv)
+    if args.table:
+        print(table(json.loads(args.out.read_text())))
+        return
+    if args.recipe is None or args.checkpoint is None:
+        parser.error("--recipe and --checkpoint are required to run a pilot")
+    if args.snapshot:  # the curve so far of a pilot that is still running, without its test
+        metadata, _ = ff.training.checkpoint.read(args.checkpoint)
+        history = ff.History(**metadata["history"])
+        history.stopped = f"running: {len(history.epochs)} of {args.epochs} epochs so far"
+        _write(args, row_of(args.recipe, history, RECIPES[args.recipe][0], {}), argv)
+        return
     data = ff.datasets.load("mnist", data_dir=args.data_dir, flatten=True)
     model_options, fit_options = RECIPES[args.recipe]
     batch_size = 128 if args.recipe.endswith("batch-128") else 256
@@ -98,37 +169,27 @@ def main(argv: list[str] | None = None) -> None:
         checkpoint_every=100,
         **fit_options,
     )
-    seconds, curve = 0.0, []
-    for epoch in history.epochs:
-        seconds += epoch["seconds"]
-        val = epoch["val_nll"]  # None where it was not finite
-        ll = None if val is None else -val
-        curve.append({"epoch": epoch["epoch"], "seconds": round(seconds, 1), "val_ll": ll})
-    row = {
-        "recipe": args.recipe,
-        "model": {k: str(v) for k, v in model_options.items()},
-        "fit": {k: v if isinstance(v, int | float) else "RECIPES" for k, v in fit_options.items()},
-        "epochs": len(history.epochs),
-        "stopped": history.stopped,
-        "best_epoch": history.best_epoch,
-        "curve": curve,
-    }
+    row = row_of(args.recipe, history, model_options, fit_options)
     if history.stopped == "finished" and len(history.epochs) == args.epochs:
         test = ff.evaluate(flow, data.test)
         row.update(test_ll=-test.nll, test_ll_se=test.nll_se, test_bpd=test.bits_per_dim)
+    _write(args, row, argv)
+
+
+def _write(args: argparse.Namespace, row: dict, argv: list[str] | None) -> None:
+    """Put ``row`` into ``--out`` in place of the recipe's old row."""
     result = json.loads(args.out.read_text()) if args.out.exists() else {"rows": []}
     result["rows"] = [r for r in result["rows"] if r["recipe"] != args.recipe] + [row]
     result.update(
         torch=torch.__version__,
         python=platform.python_version(),
         threads=torch.get_num_threads(),
-        n_train=len(data.train),
-        n_val=len(data.val),
-        n_test=len(data.test),
+        split="50,000 / 10,000 / 10,000 (train / validation / test)",
     )
-    result.setdefault("commands", {})[args.recipe] = " ".join(
-        ["OMP_NUM_THREADS=1 python experiments/nice_pilots.py", *(argv or sys.argv[1:])]
-    )
+    if not args.snapshot:  # the command that makes (or continues) the row
+        result.setdefault("commands", {})[args.recipe] = " ".join(
+            ["OMP_NUM_THREADS=1 python experiments/nice_pilots.py", *(argv or sys.argv[1:])]
+        )
     args.out.write_text(json.dumps(result, indent=1, allow_nan=False) + "\n")
     print(json.dumps({k: v for k, v in row.items() if k != "curve"}), flush=True)
 
