@@ -233,3 +233,29 @@ def test_vi_into_a_log_file_writes_one_short_line_every_twentieth_of_the_steps(t
     assert [line.split()[1] for line in lines[:-1]] == [f"{k}/2000" for k in range(100, 2001, 100)]
     assert lines[0].startswith("step 100/2000  elbo ") and lines[-1].startswith("finished after")
     assert max(len(line) for line in lines) <= 200 and "\r" not in log.read_text()
+
+
+def test_adams_betas_and_epsilon_from_the_command_line_train_and_are_fixed_on_resume(tmp_path):
+    """--adam-betas / --adam-eps: the checkpoint's optimiser has them; a resume may not change
+    them, nor the rate, which then lives in that optimiser."""
+    from flowforge.training import checkpoint
+
+    out = tmp_path / "run"
+    base = ["fit", "--data", "two-moons", "--n-samples", "600", "--layers", "2", "--no-plots"]
+    base += ["--no-progress", "--out", str(out)]
+    assert main([*base, "--epochs", "1", "--adam-betas", "0.9,0.99", "--adam-eps", "1e-4"]) == 0
+    metadata, _ = checkpoint.read(out)
+    group = metadata["param_groups"][0]
+    assert (group["betas"], group["eps"]) == ([0.9, 0.99], 1e-4)
+    resumed = [*base, "--epochs", "2", "--resume", "--adam-betas", "0.9,0.99", "--adam-eps"]
+    assert main([*resumed, "1e-4"]) == 0
+    assert main([*resumed, "1e-3"]) == 2
+    assert main([*resumed, "1e-4", "--lr", "2e-3"]) == 2
+
+
+def test_nice_on_mnist_defaults_to_the_papers_adam():
+    from flowforge import runs
+
+    config = runs.make_config(None, {"data": "mnist", "model": "nice"})
+    assert (config["adam_betas"], config["adam_eps"]) == ([0.9, 0.99], 1e-4)
+    assert runs.make_config(None, {"data": "mnist", "model": "realnvp"})["adam_betas"] is None

@@ -139,6 +139,17 @@ def _seed(text: str) -> int:
     return value
 
 
+def _betas(text: str) -> list[float]:
+    """``B1,B2``: two numbers in [0, 1)."""
+    try:
+        betas = [float(part) for part in text.split(",")]
+    except ValueError:
+        betas = []
+    if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+        raise argparse.ArgumentTypeError(f"expected two numbers in [0, 1) as B1,B2, got {text!r}")
+    return betas
+
+
 def _compile_mode(text: str) -> str | bool:
     modes = {"auto": "auto", "true": True, "false": False}
     if text.lower() not in modes:
@@ -298,6 +309,19 @@ def _add_fit(commands) -> None:
         metavar="{auto,true,false}",
         help="compile the training step with torch.compile: auto (default: when the run's "
         "steps repay the compile time), true or false",
+    )
+    options.add_argument(
+        "--adam-betas",
+        type=_betas,
+        metavar="B1,B2",
+        help="Adam's betas, e.g. 0.9,0.99 (default torch's 0.9,0.999; NICE on MNIST: the "
+        "paper's 0.9,0.99)",
+    )
+    options.add_argument(
+        "--adam-eps",
+        type=_number(strict=True),
+        metavar="EPS",
+        help="Adam's epsilon (default torch's 1e-8; NICE on MNIST: the paper's 1e-4)",
     )
     options.add_argument(
         "--precision",

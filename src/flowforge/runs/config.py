@@ -24,6 +24,8 @@ DEFAULTS: dict[str, Any] = {
     "epochs": 100,
     "batch_size": 256,
     "lr": 1e-3,
+    "adam_betas": None,  # Adam's (beta1, beta2), e.g. [0.9, 0.99] (None: torch's 0.9, 0.999)
+    "adam_eps": None,  # Adam's epsilon (None: torch's 1e-8)
     "weight_decay": 0.0,
     "schedule": "cosine",
     "clip": None,
@@ -86,6 +88,9 @@ MODEL_DATA_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
         "clip": 50.0,
         "model_args": {"levels": 2, "steps": 8, "channels": 64, "shift_bound": 5.0},
     },
+    # the NICE paper's Adam: "momentum 0.9, beta2 0.01" in the early notation in which beta2
+    # is one minus torch's, and epsilon 1e-4
+    ("mnist", "nice"): {"adam_betas": [0.9, 0.99], "adam_eps": 1e-4},
     ("mnist", "realnvp_image"): {
         "epochs": 10,
         "batch_size": 64,
@@ -195,6 +200,17 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
         "a number in [0, 1)",
     ),
     "compile": (lambda v: v == "auto" or isinstance(v, bool), "auto, true or false"),
+    "adam_betas": (
+        _optional(
+            lambda v: (
+                isinstance(v, list)
+                and len(v) == 2
+                and all(finite_number(b) is not None and 0 <= finite_number(b) < 1 for b in v)
+            )
+        ),
+        "two numbers in [0, 1) such as [0.9, 0.99], or null",
+    ),
+    "adam_eps": (_optional(lambda v: (finite_number(v) or 0) > 0), "a positive number or null"),
     "precision": (lambda v: v in ("float32", "bf16"), "float32 or bf16"),
     "ema": (
         _optional(lambda v: finite_number(v) is not None and 0 < finite_number(v) < 1),
@@ -220,7 +236,16 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "steps": (_positive_int, "a positive integer"),
     "anneal": (_optional(lambda v: isinstance(v, int) and v >= 0), "a number of steps or null"),
 }
-FLOATS = ("lr", "weight_decay", "clip", "divergence_threshold", "sigma_min", "coupling_reg", "ema")
+FLOATS = (
+    "lr",
+    "weight_decay",
+    "clip",
+    "divergence_threshold",
+    "sigma_min",
+    "coupling_reg",
+    "ema",
+    "adam_eps",
+)
 
 
 MAX_YAML_VALUES = 1_000_000  # values in a config file, counting each use of a YAML alias
@@ -325,6 +350,8 @@ def resolve(
     for key in FLOATS:
         if config.get(key) is not None:
             config[key] = finite_number(config[key])
+    if config.get("adam_betas") is not None:
+        config["adam_betas"] = [finite_number(b) for b in config["adam_betas"]]
     return config
 
 

@@ -53,6 +53,8 @@ FIXED_ON_RESUME = (
     "hidden",
     "model_args",
     "weight_decay",
+    "adam_betas",
+    "adam_eps",
     "schedule",
     "objective",
     "coupling",
@@ -95,8 +97,7 @@ def fit_run(
             data.val,
             epochs=config["epochs"],
             batch_size=config["batch_size"],
-            lr=config["lr"],
-            weight_decay=config["weight_decay"],
+            **_optimizer(config),
             schedule=config["schedule"],
             clip=config["clip"],
             patience=config["patience"],
@@ -152,12 +153,31 @@ def _objective(config: Mapping[str, Any]) -> str | FlowMatching:
     return config["objective"]
 
 
+def _optimizer(config: Mapping[str, Any]) -> dict[str, Any]:
+    """fit's optimiser keywords: its own Adam with ``lr`` and ``weight_decay``, or, where the
+    config sets ``adam_betas`` or ``adam_eps``, an Adam (AdamW with weight decay) of those."""
+    lr, decay = config["lr"], config["weight_decay"]
+    if config["adam_betas"] is None and config["adam_eps"] is None:
+        return {"lr": lr, "weight_decay": decay}
+    settings = {
+        "lr": lr,
+        "betas": tuple(config["adam_betas"] or (0.9, 0.999)),
+        "eps": config["adam_eps"] or 1e-8,
+        "weight_decay": decay,
+    }
+    kind = torch.optim.AdamW if decay else torch.optim.Adam
+    return {"optimizer": lambda parameters: kind(parameters, **settings)}
+
+
 def _check_resume(config: Mapping[str, Any], out: Path) -> None:
     """Refuse to resume ``out`` with options that change its model, data or optimisation."""
     if not (out / CONFIG_FILE).exists():
         return  # nothing to compare with: fit starts afresh if there is no checkpoint either
     saved = read_config(out)
     changed = [key for key in FIXED_ON_RESUME if saved.get(key) != config.get(key)]
+    own_adam = config.get("adam_betas") is not None or config.get("adam_eps") is not None
+    if own_adam and saved.get("lr") != config.get("lr"):  # its rate lives in the optimiser
+        changed.append("lr")
     if changed:
         details = ", ".join(
             f"--{key.replace('_', '-')} {saved.get(key)!r} -> {config.get(key)!r}"
