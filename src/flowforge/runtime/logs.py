@@ -48,37 +48,38 @@ def _stderr_handler() -> logging.Handler:
 
 
 @contextmanager
-def showing_progress(enabled: bool = True) -> Iterator[None]:
-    """While the block runs: flowforge's records of level INFO and above on stderr, if
-    ``enabled`` and logging has not been configured (else as configured)."""
+def _on_stderr(level: int) -> Iterator[None]:
+    """flowforge's records of ``level`` and above on stderr while the block runs."""
     top = logging.getLogger(ROOT)
-    if not enabled or top.hasHandlers():
-        yield
-        return
-    handler, level = _stderr_handler(), top.level
+    handler, before = _stderr_handler(), top.level
     top.addHandler(handler)
-    if level == logging.NOTSET:
-        top.setLevel(logging.INFO)
+    top.setLevel(level)
     try:
         yield
     finally:
         top.removeHandler(handler)
-        top.setLevel(level)
+        top.setLevel(before)
+
+
+@contextmanager
+def showing_progress(enabled: bool = True) -> Iterator[None]:
+    """While the block runs: flowforge's records of level INFO and above (or of the level a
+    user set) on stderr, if ``enabled`` and logging has not been configured (else as
+    configured)."""
+    top = logging.getLogger(ROOT)
+    if not enabled or top.hasHandlers():
+        yield
+        return
+    with _on_stderr(logging.INFO if top.level == logging.NOTSET else top.level):
+        yield
 
 
 @contextmanager
 def installed() -> Iterator[None]:
     """The command line's logging while the block runs: flowforge's INFO records and above
     on stderr, one message a line."""
-    top = logging.getLogger(ROOT)
-    handler, level = _stderr_handler(), top.level
-    top.addHandler(handler)
-    top.setLevel(logging.INFO)
-    try:
+    with _on_stderr(logging.INFO):
         yield
-    finally:
-        top.removeHandler(handler)
-        top.setLevel(level)
 
 
 __all__ = ["ROOT", "installed", "logger", "showing_progress"]
