@@ -56,6 +56,7 @@ import torch
 
 import flowforge as ff
 from flowforge import datasets
+from flowforge.training import optimizers
 
 from . import flowforge_models, peers, quality
 from .__main__ import cpu_model
@@ -167,14 +168,7 @@ def fit_settings(row: Row, n_train: int, options: dict) -> dict:
     warmup = settings.pop("warmup", None)
     lr = settings.pop("lr", 1e-3)
     if adam:
-
-        def optimizer(parameters):
-            try:
-                return torch.optim.Adam(parameters, lr=lr, fused=True, **adam)
-            except (RuntimeError, TypeError, ValueError):
-                return torch.optim.Adam(parameters, lr=lr, **adam)
-
-        settings["optimizer"] = optimizer
+        settings["optimizer"] = lambda parameters: optimizers.adam(parameters, lr, **adam)
     else:
         settings["lr"] = lr
     if warmup:

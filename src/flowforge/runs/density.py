@@ -34,6 +34,7 @@ from flowforge.training.baselines import GaussianBaseline, LinearGaussianBaselin
 from flowforge.training.distributed import launched_rank, restart_count
 from flowforge.training.loop import DivergenceError, History, fit
 from flowforge.training.objectives import FlowMatching
+from flowforge.training.optimizers import adam
 from flowforge.training.results import nll_values, report_of, write_metrics
 from flowforge.transforms.continuous import ContinuousFlow, solver
 
@@ -160,13 +161,10 @@ def _optimizer(config: Mapping[str, Any]) -> dict[str, Any]:
     if config["adam_betas"] is None and config["adam_eps"] is None:
         return {"lr": lr, "weight_decay": decay}
     settings = {
-        "lr": lr,
         "betas": tuple(config["adam_betas"] or (0.9, 0.999)),
         "eps": config["adam_eps"] or 1e-8,
-        "weight_decay": decay,
     }
-    kind = torch.optim.AdamW if decay else torch.optim.Adam
-    return {"optimizer": lambda parameters: kind(parameters, **settings)}
+    return {"optimizer": lambda parameters: adam(parameters, lr, decay, **settings)}
 
 
 def _check_resume(config: Mapping[str, Any], out: Path) -> None:

@@ -155,7 +155,6 @@ def fit(
             steps), or None (the default): then the validation NLL, the best epoch and the
             weights ``fit`` leaves in ``flow`` are the average's, and the checkpoint holds
             it beside the trained weights.
-
         keep_best: end with the weights of the best validation epoch (if ``val`` is given).
         patience: stop after this many epochs without a better validation NLL.
         checkpoint: a directory; the training state is saved there at the end of every epoch
@@ -168,9 +167,9 @@ def fit(
             beginning. Changing the model, the data, ``batch_size``, ``weight_decay``,
             ``schedule``, ``seed`` or ``dtype`` is refused with a ``ValueError`` naming them;
             a new ``lr``, ``clip`` or ``patience`` is applied and recorded in
-            ``history.events``; more ``epochs``
-            continue the cosine schedule from the current rate to 0 over the added steps
-            (from ``lr`` again if the run had finished: a warm restart).
+            ``history.events``; more ``epochs`` continue the cosine schedule from the
+            current rate to 0 over the added steps (from ``lr`` again if the run had
+            finished: a warm restart).
         checkpoint_every: also save a checkpoint every this many steps inside an epoch, so
             that a killed run loses at most that many steps.
         metrics: a JSON-lines file rewritten (atomically) after every epoch, one line each.
@@ -307,7 +306,7 @@ REFUSED_ON_RESUME = (
 class _Trainer:
     """The state of one `fit()`: the loop, its checkpoints, resume and rollbacks."""
 
-    def __init__(self, flow: Flow, train: Split, val: Split | None, **options: Any) -> None:
+    def __init__(self, flow: Flow, train: Any, val: Any, **options: Any) -> None:
         self.flow, self.train, self.val = flow, train, val
         self.batches: Batches = batches_of(train, options["batch_size"], flow.context_dim != 0)
         for name, value in options.items():  # epochs, batch_size, lr, ... as fit's arguments
@@ -321,13 +320,13 @@ class _Trainer:
         # the user's optimizer and scheduler (or their factories), else flowforge's
         self.optimizer = build_optimizer(self.optimizer, flow, self.lr, self.weight_decay)
         self.steps_per_epoch = self.batches.steps_per_epoch  # None: a stream of unknown size
-        self.plan = build_scheduler(self.scheduler, self.optimizer, self.schedule, self.total_steps)
-        self.scheduler = self.plan.scheduler
-        if self.total_steps is None and self.plan.own and self.schedule == "cosine":
-            raise ValueError(
-                "the cosine schedule needs the number of steps, and this DataLoader has no "
-                "len(); give schedule=None or a scheduler=, or a dataset with __len__"
-            )
+        plan = build_scheduler(self.scheduler, self.optimizer, self.schedule, self.total_steps)
+        # stepped after every "step", or with the "validation" NLL; fit's own is re-planned
+        self.scheduler, self.scheduler_every, self.own_schedule = (
+            plan.scheduler,
+            plan.every,
+            plan.own,
+        )
         if self.checkpoint is not None:
             checkpoint.check_storable(self.optimizer, self.scheduler)
         self.history = History()
@@ -370,7 +369,7 @@ class _Trainer:
             "weight_decay": self.weight_decay,
             "schedule": self.schedule,
             "optimizer": describe(self.optimizer),
-            "scheduler": None if self.plan.own else describe(self.scheduler),
+            "scheduler": None if self.own_schedule else describe(self.scheduler),
             "seed": self.seed,
             "dtype": str(self.flow.dtype).removeprefix("torch."),
             "epochs": self.epochs,
@@ -488,7 +487,7 @@ class _Trainer:
         self.history.events.append(
             {"event": "epochs changed", "from": planned_epochs, "to": self.epochs}
         )
-        own_cosine = self.plan.own and self.schedule == "cosine"
+        own_cosine = self.own_schedule and self.schedule == "cosine"
         if not own_cosine or self.global_step >= self.total_steps:
             return
         start = self.lr if finished else self.optimizer.param_groups[0]["lr"]
@@ -672,7 +671,7 @@ class _Trainer:
                 self.last_statistics = flow.statistics()
         else:
             self._bad_step(value, failure)
-        if self.plan.every == "step":
+        if self.scheduler_every == "step":
             self.scheduler.step()
         self.step += 1
         self.global_step += 1
@@ -742,7 +741,7 @@ class _Trainer:
                         self.best_state = _copy_state(evaluated)
             else:  # never the best epoch; JSON has no infinities
                 record["val_nll_not_finite"] = str(report.nll)
-            if self.plan.every == "validation":
+            if self.scheduler_every == "validation":
                 self.scheduler.step(report.nll if math.isfinite(report.nll) else math.inf)
         self.history.epochs.append(record)
         running = record[self.objective.record]

@@ -37,17 +37,23 @@ SCHEDULES = ("cosine", "plateau")
 
 
 def adam(
-    parameters: Iterable[nn.Parameter], lr: float, weight_decay: float = 0.0
+    parameters: Iterable[nn.Parameter],
+    lr: float,
+    weight_decay: float = 0.0,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
 ) -> torch.optim.Optimizer:
     """Adam (AdamW with ``weight_decay``) in its fused form, one kernel for the whole update,
     where this torch and device have it (on a CPU it spends ~40% less time than the foreach
-    form on NICE's 19M parameters; ``python -m benchmarks``), else the default form."""
+    form on NICE's 19M parameters; ``python -m benchmarks``), else the default form.
+    ``betas`` and ``eps`` are torch's defaults unless given."""
     parameters = list(parameters)
     optimizer_cls = torch.optim.AdamW if weight_decay else torch.optim.Adam
+    settings = {"lr": lr, "weight_decay": weight_decay, "betas": tuple(betas), "eps": eps}
     try:
-        return optimizer_cls(parameters, lr=lr, weight_decay=weight_decay, fused=True)
+        return optimizer_cls(parameters, fused=True, **settings)
     except (RuntimeError, TypeError, ValueError):
-        return optimizer_cls(parameters, lr=lr, weight_decay=weight_decay)
+        return optimizer_cls(parameters, **settings)
 
 
 def build_optimizer(
@@ -96,11 +102,17 @@ def build_scheduler(
     scheduler: SchedulerSpec | None,
     optimizer: Optimizer,
     schedule: str | None,
-    total_steps: int,
+    total_steps: int | None,
 ) -> SchedulePlan:
     """The run's schedule: the user's ``scheduler`` (built, or built here from the factory),
-    else the named ``schedule`` (``"cosine"`` over ``total_steps``, ``"plateau"``, None)."""
+    else the named ``schedule`` (``"cosine"`` over ``total_steps``, ``"plateau"``, None);
+    ``total_steps`` is None for a stream of unknown length, which the cosine cannot plan."""
     if scheduler is None:
+        if schedule == "cosine" and total_steps is None:
+            raise ValueError(
+                "the cosine schedule needs the number of steps, and this DataLoader has no "
+                "len(); give schedule=None or a scheduler=, or a dataset with __len__"
+            )
         if schedule == "cosine":
             cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
             return SchedulePlan(cosine, "step", True)

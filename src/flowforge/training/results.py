@@ -133,14 +133,7 @@ def evaluate(
     n, total, squares = workers.all_sum(len(values), values.sum().item(), (values**2).sum().item())
     mean = total / n
     variance = max(squares - n * mean**2, 0.0) / (n - 1) if n > 1 else math.nan
-    discrete = isinstance(data, Split) and data.discrete
-    return Report(
-        nll=mean,
-        nll_se=math.sqrt(variance / n),
-        n=int(n),
-        dim=_dim(data, model),
-        bits_per_dim=data.bits_per_dim(mean) if discrete else None,
-    )
+    return _report(mean, math.sqrt(variance / n), int(n), data, model)
 
 
 def _batches(
@@ -170,16 +163,17 @@ def report_of(values: Tensor, data: Split | Any, model: Any = None) -> Report:
     or a dataset or loader of ``model``'s samples)."""
     mean = values.mean().item()
     se = (values.std().item() / math.sqrt(len(values))) if len(values) > 1 else float("nan")
-    discrete = isinstance(data, Split) and data.discrete
-    bpd = data.bits_per_dim(mean) if discrete else None
-    return Report(nll=mean, nll_se=se, n=len(values), dim=_dim(data, model), bits_per_dim=bpd)
+    return _report(mean, se, len(values), data, model)
 
 
-def _dim(data: Split | Any, model: Any) -> int:
-    """Dimensions of a sample: a split's, else the model's."""
+def _report(mean: float, se: float, n: int, data: Split | Any, model: Any) -> Report:
+    """The `Report` of a mean NLL: the dimensions are a split's, else the model's; bits/dim
+    for a split of discrete data."""
     if isinstance(data, Split):
-        return data.dim
-    return math.prod(getattr(model, "event_shape", ()))
+        bpd = data.bits_per_dim(mean) if data.discrete else None
+        return Report(nll=mean, nll_se=se, n=n, dim=data.dim, bits_per_dim=bpd)
+    dim = math.prod(getattr(model, "event_shape", ()))
+    return Report(nll=mean, nll_se=se, n=n, dim=dim)
 
 
 def write_records(records: list[dict[str, Any]], path: str | Path) -> None:
