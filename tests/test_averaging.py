@@ -72,7 +72,7 @@ def test_a_resumed_run_with_an_average_is_bit_identical(tmp_path):
 
 @pytest.mark.parametrize("ema", [0, 1, 1.5, True, "0.9"])
 def test_ema_is_a_decay_in_the_open_unit_interval(ema):
-    with pytest.raises(ValueError, match=r"ema must be None or a decay in \(0, 1\)"):
+    with pytest.raises(ValueError, match=r"ema must be a decay in \(0, 1\) such as 0\.99 or None"):
         fit(ema, epochs=1)
 
 

@@ -161,7 +161,7 @@ def test_divergence_without_rollbacks_stops_with_a_clear_error_and_keeps_the_bes
         (dict(epochs=0), "epochs must be a positive integer"),
         (dict(batch_size=2.5), "batch_size must be a positive integer"),
         (dict(lr=-1.0), "lr must be a positive number"),
-        (dict(schedule="linear"), "schedule must be one of"),
+        (dict(schedule="linear"), "schedule must be 'cosine', 'plateau' or None"),
         (dict(clip=0), "clip must be a positive number"),
     ],
 )

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,9 +20,12 @@ from flowforge.flows import models
 from flowforge.nn.made import MADE
 from flowforge.nn.mlp import MLP, ConvResNet
 from flowforge.nn.velocity import TimeMLP
+from flowforge.runs.config import SCHEMA, VI_SCHEMA
 from flowforge.runtime import interrupts, logs
 from flowforge.runtime.files import one_line
+from flowforge.runtime.options import Option, integer, number
 from flowforge.training.loop import DivergenceError
+from flowforge.training.options import FIT, SEED
 from flowforge.transforms.continuous import METHODS
 
 
@@ -82,18 +85,6 @@ def demo(seed: int = 0) -> None:
     print("round trip: max |f^-1(f(x)) - x|; last column: sample_and_log_prob vs log_prob.")
 
 
-def _widths(text: str) -> list[int]:
-    try:
-        widths = [int(w) for w in text.split(",")]
-    except ValueError:
-        widths = []
-    if not widths or min(widths) < 1:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated positive widths such as 64,64, got {text!r}"
-        )
-    return widths
-
-
 def _key_value(text: str) -> tuple[str, object]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
@@ -108,69 +99,40 @@ def _key_value(text: str) -> tuple[str, object]:
     return key.strip().replace("-", "_"), parsed
 
 
-def _at_least(minimum: int):
-    """An argparse ``type``: an integer >= ``minimum`` (a clean usage error otherwise)."""
+def _typed(option: Option) -> Callable[[str], Any]:
+    """An argparse ``type`` reading a flag's text by ``option``'s schema
+    (`flowforge.runtime.options`): a clean usage error "expected ..., got '...'" otherwise."""
 
-    def parse(text: str) -> int:
+    def parse(text: str) -> Any:
         try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < minimum:
-            what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-        return value
+            return option.read(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
 
     return parse
 
 
-_positive = _at_least(1)
+_POSITIVE = _typed(Option(integer(1)))
+_COUNT = _typed(Option(integer(0)))
+_NUMBER = _typed(Option(number(0.0)))
+_SEED = _typed(SEED)
 
 
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value < 2**63:
-        raise argparse.ArgumentTypeError(
-            f"expected a seed, an integer from 0 to 2**63 - 1, got {text!r}"
+def _add_option(
+    group, key: str, *flags: str, schema: Mapping[str, Option] = SCHEMA, **kwargs: Any
+) -> None:
+    """The flag ``--KEY`` (underscores as dashes; or ``flags``) of config key ``key``, read by
+    its option in ``schema`` (`flowforge.runs.config.SCHEMA`), so that a flag, a YAML key
+    and ``ff.fit``'s keyword take the same values."""
+    option = schema[key]
+    if option.kind.values is not None:  # a choice: list its words as argparse would
+        kwargs.setdefault(
+            "metavar",
+            "{" + option.kind.expected("yaml").replace(" or ", ",").replace(", ", ",") + "}",
         )
-    return value
-
-
-def _betas(text: str) -> list[float]:
-    """``B1,B2``: two numbers in [0, 1)."""
-    try:
-        betas = [float(part) for part in text.split(",")]
-    except ValueError:
-        betas = []
-    if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
-        raise argparse.ArgumentTypeError(f"expected two numbers in [0, 1) as B1,B2, got {text!r}")
-    return betas
-
-
-def _compile_mode(text: str) -> str | bool:
-    modes = {"auto": "auto", "true": True, "false": False}
-    if text.lower() not in modes:
-        raise argparse.ArgumentTypeError(f"expected auto, true or false, got {text!r}")
-    return modes[text.lower()]
-
-
-def _number(minimum: float = 0.0, strict: bool = False):
-    """An argparse ``type``: a finite float >= ``minimum`` (> it, with ``strict``)."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = math.nan
-        if not math.isfinite(value) or value < minimum or (strict and value == minimum):
-            bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
-            raise argparse.ArgumentTypeError(f"expected a finite number {bound}, got {text!r}")
-        return value
-
-    return parse
+    group.add_argument(
+        *(flags or [f"--{key.replace('_', '-')}"]), dest=key, type=_typed(option), **kwargs
+    )
 
 
 def _debug_parent() -> argparse.ArgumentParser:
@@ -194,9 +156,9 @@ def _run_parser(commands, name: str, help: str, description: str, defaults: str)
     parser.add_argument("--out", required=True, help="run directory to write")
     parser.add_argument("--config", help="YAML file of options (keys as the flags, with _)")
     options = parser.add_argument_group(f"options (default: see flowforge.runs.config.{defaults})")
-    options.add_argument("--model", help="model name (flowforge list)")
-    options.add_argument("--layers", type=_positive)
-    options.add_argument("--hidden", type=_widths, help="conditioner widths, e.g. 64,64")
+    _add_option(options, "model", help="model name (flowforge list)")
+    _add_option(options, "layers")
+    _add_option(options, "hidden", help="conditioner widths, e.g. 64,64")
     options.add_argument(
         "--model-arg",
         dest="model_args",
@@ -205,12 +167,12 @@ def _run_parser(commands, name: str, help: str, description: str, defaults: str)
         metavar="KEY=VALUE",
         help="an argument of the model builder, e.g. --model-arg levels=2 (repeatable)",
     )
-    options.add_argument("--seed", type=_seed)
-    options.add_argument("--batch-size", type=_positive)
-    options.add_argument("--lr", type=_number(strict=True))
-    options.add_argument("--clip", type=_number(strict=True), help="gradient-norm clipping")
-    options.add_argument("--device", help="auto, cpu, cuda, cuda:1, ... (default: cpu)")
-    options.add_argument("--dtype", choices=["float32", "float64"])
+    _add_option(options, "seed")
+    _add_option(options, "batch_size")
+    _add_option(options, "lr")
+    _add_option(options, "clip", help="gradient-norm clipping")
+    _add_option(options, "device", help="auto, cpu, cuda, cuda:1, ... (default: cpu)")
+    _add_option(options, "dtype")
     options.add_argument("--no-progress", dest="progress", action="store_const", const=False)
     options.add_argument("--no-plots", dest="plots", action="store_const", const=False)
     return parser, options
@@ -228,115 +190,116 @@ def _add_fit(commands) -> None:
     fit.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
     fit.add_argument(
         "--nproc",
-        type=_positive,
+        type=_POSITIVE,
         metavar="N",
         help="train on N local processes (torch.distributed, started by torch's elastic "
         "launcher; for several machines start flowforge fit under torchrun instead)",
     )
     fit.add_argument(
         "--max-restarts",
-        type=_at_least(0),
+        type=_COUNT,
         default=0,
         metavar="K",
         help="with --nproc: when a worker dies, start the group again up to K times, each "
         "time resuming from the last checkpoint (default 0: the run ends)",
     )
-    options.add_argument(
-        "--data",
+    _add_option(
+        options,
+        "data",
         help="dataset name (flowforge list), or a .npz (arrays x and optional context), .npy "
         "or .csv file of tabular data",
     )
-    options.add_argument("--data-dir", help="directory of data files (MNIST, CIFAR-10)")
-    options.add_argument(
-        "--context-columns",
+    _add_option(options, "data_dir", help="directory of data files (MNIST, CIFAR-10)")
+    _add_option(
+        options,
+        "context_columns",
         help="columns of a .csv/.npy data file that are the context (indices or header names, "
         "e.g. 0,1): fits a conditional flow q(x|c) to the other columns",
     )
-    options.add_argument(
+    _add_option(
+        options,
+        "n",
         "--n-samples",
         "--n",
-        dest="n",
-        type=_positive,
         help="toy samples in all splits; MNIST/CIFAR-10 training limit; rows of a data file",
     )
-    options.add_argument("--epochs", type=_positive)
-    options.add_argument("--weight-decay", type=_number())
-    options.add_argument("--schedule", choices=["cosine", "plateau"])
-    options.add_argument("--patience", type=_positive, help="early stopping on validation NLL")
-    options.add_argument(
-        "--checkpoint-every",
-        type=_positive,
+    _add_option(options, "epochs")
+    _add_option(options, "weight_decay")
+    _add_option(options, "schedule")
+    _add_option(options, "patience", help="early stopping on validation NLL")
+    _add_option(
+        options,
+        "checkpoint_every",
         metavar="STEPS",
         help="also checkpoint every STEPS steps inside an epoch (default: at epoch ends)",
     )
-    options.add_argument(
-        "--divergence-threshold",
-        type=_number(strict=True),
+    _add_option(
+        options,
+        "divergence_threshold",
         metavar="SPREADS",
         help="a loss this many spreads above the running loss is a divergence (default 10)",
     )
-    options.add_argument(
-        "--rollbacks",
-        type=_at_least(0),
+    _add_option(
+        options,
+        "rollbacks",
         help="rollbacks to the last good state, each halving the learning rate, before a "
         "divergence stops the run (default 5)",
     )
-    options.add_argument(
-        "--objective",
-        choices=["likelihood", "flow-matching"],
+    _add_option(
+        options,
+        "objective",
         help="what to minimise: the NLL (default) or, for --model cnf, flow matching",
     )
-    options.add_argument(
-        "--coupling",
-        choices=["independent", "ot", "sinkhorn"],
+    _add_option(
+        options,
+        "coupling",
         help="flow matching's pairing of noise and data: independent (default), exact optimal "
         "transport, or draws from the entropic plan (sinkhorn: needs the ot extra)",
     )
-    options.add_argument(
-        "--coupling-reg",
-        type=_number(),
+    _add_option(
+        options,
+        "coupling_reg",
         help="the entropic regulariser of --coupling sinkhorn, relative to the batch's largest "
         "squared distance (default 0.05)",
     )
-    options.add_argument(
-        "--sigma-min",
-        type=_number(),
+    _add_option(
+        options,
+        "sigma_min",
         help="flow matching's path width at the data, in [0, 1) (default 0)",
     )
-    options.add_argument(
-        "--compile",
-        type=_compile_mode,
-        metavar="{auto,true,false}",
+    _add_option(
+        options,
+        "compile",
         help="compile the training step with torch.compile: auto (default: when the run's "
         "steps repay the compile time), true or false",
     )
-    options.add_argument(
-        "--adam-betas",
-        type=_betas,
+    _add_option(
+        options,
+        "adam_betas",
         metavar="B1,B2",
         help="Adam's betas, e.g. 0.9,0.99 (default torch's 0.9,0.999; NICE on MNIST: the "
         "paper's 0.9,0.99)",
     )
-    options.add_argument(
-        "--adam-eps",
-        type=_number(strict=True),
+    _add_option(
+        options,
+        "adam_eps",
         metavar="EPS",
         help="Adam's epsilon (default torch's 1e-8; NICE on MNIST: the paper's 1e-4)",
     )
-    options.add_argument(
-        "--precision",
-        choices=("float32", "bf16"),
+    _add_option(
+        options,
+        "precision",
         help="bf16: the networks' matrix products in bfloat16, the log-determinants and the "
         "loss in float32 (default float32)",
     )
-    options.add_argument(
-        "--ema",
-        type=_number(strict=True),
+    _add_option(
+        options,
+        "ema",
         metavar="DECAY",
         help="evaluate and keep an exponential moving average of the weights with this decay "
         "in (0, 1), e.g. 0.99 (default: none)",
     )
-    options.add_argument("--tensorboard", help="TensorBoard log directory")
+    _add_option(options, "tensorboard", help="TensorBoard log directory")
 
 
 def _add_vi(commands) -> None:
@@ -348,22 +311,25 @@ def _add_vi(commands) -> None:
         "in a YAML file (--config); flags override it.",
         defaults="VI_DEFAULTS",
     )
-    options.add_argument("--target", help="target name (flowforge list) or module:function")
-    options.add_argument("--dim", type=_positive, help="dimension (module:function targets)")
-    options.add_argument("--base", help="normal, logistic or diag-normal (default)")
-    options.add_argument("--steps", type=_positive)
-    options.add_argument(
-        "--anneal", type=_at_least(0), help="steps of annealing beta from 0.01 to 1"
-    )
-    options.add_argument("--schedule", choices=["cosine"])
+    _add_option(options, "target", help="target name (flowforge list) or module:function")
+    _add_option(options, "dim", help="dimension (module:function targets)")
+    _add_option(options, "base", help="normal, logistic or diag-normal (default)")
+    _add_option(options, "steps")
+    _add_option(options, "anneal", help="steps of annealing beta from 0.01 to 1")
+    _add_option(options, "schedule", schema=VI_SCHEMA)
     diagnose = _add_command(
         commands,
         "diagnose",
         help="KL, ELBO, importance-sampled log Z, ESS and Pareto k-hat of a VI run",
     )
     diagnose.add_argument("run", help="run directory of flowforge vi")
-    diagnose.add_argument("-n", type=_at_least(2), default=100_000, help="samples (default 100000)")
-    diagnose.add_argument("--seed", type=_seed, default=0)
+    diagnose.add_argument(
+        "-n",
+        type=_typed(Option(integer(2))),
+        default=100_000,
+        help="samples (default 100000)",
+    )
+    diagnose.add_argument("--seed", type=_SEED, default=0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -382,10 +348,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])
     sample = _add_command(commands, "sample", help="draw samples from a run into a .npy file")
     sample.add_argument("run", help="run directory")
-    sample.add_argument("-n", type=_positive, default=1000, help="number of samples (default 1000)")
+    sample.add_argument("-n", type=_POSITIVE, default=1000, help="number of samples (default 1000)")
     sample.add_argument("--out", required=True, help="output .npy file")
-    sample.add_argument("--temperature", type=_number(), default=1.0)
-    sample.add_argument("--seed", type=_seed, default=None)
+    sample.add_argument("--temperature", type=_NUMBER, default=1.0)
+    sample.add_argument("--seed", type=_SEED, default=None)
     sample.add_argument(
         "--method",
         choices=METHODS,
@@ -393,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sample.add_argument(
         "--steps",
-        type=_positive,
+        type=_POSITIVE,
         help="for a continuous run: sample with this many fixed steps (fast; e.g. --method "
         "rk4 --steps 8) instead of the adaptive solve",
     )
@@ -409,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plot = _add_command(commands, "plot", help="(re)draw a run's figures into RUN/plots")
     plot.add_argument("run", help="run directory")
-    plot.add_argument("--temperature", type=_number(), default=1.0, help="for image samples")
+    plot.add_argument("--temperature", type=_NUMBER, default=1.0, help="for image samples")
     inpaint = _add_command(
         commands,
         "inpaint",
@@ -426,16 +392,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--mask", default="center", help="center, top, random50, or a .npy/.png mask file"
     )
     inpaint.add_argument("--out", required=True, help="directory to write")
-    inpaint.add_argument("--restarts", type=_positive, default=8)
-    inpaint.add_argument("--steps", type=_positive, default=1000)
-    inpaint.add_argument("--lr", type=_number(strict=True), default=0.1)
-    inpaint.add_argument("--seed", type=_seed, default=0)
+    inpaint.add_argument("--restarts", type=_POSITIVE, default=8)
+    inpaint.add_argument("--steps", type=_POSITIVE, default=1000)
+    inpaint.add_argument("--lr", type=_typed(FIT["lr"]), default=0.1)
+    inpaint.add_argument("--seed", type=_SEED, default=0)
     inpaint.add_argument("--no-baselines", dest="baselines", action="store_false")
     _add_command(commands, "list", help="the datasets and models, one line each")
     run_demo = _add_command(
         commands, "demo", help="build each model, print log-probs and sample statistics"
     )
-    run_demo.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
+    run_demo.add_argument("--seed", type=_SEED, default=0, help="random seed (default 0)")
     return parser
 
 

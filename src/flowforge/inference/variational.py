@@ -28,7 +28,8 @@ from tqdm.auto import tqdm
 
 from flowforge.flows.flow import Flow
 from flowforge.runtime import devices, logs
-from flowforge.training.loop import check_optimisation, gradient_step, is_terminal
+from flowforge.training import options
+from flowforge.training.loop import gradient_step, is_terminal
 from flowforge.training.optimizers import (
     OptimizerSpec,
     SchedulerSpec,
@@ -122,13 +123,20 @@ def fit_variational(
         before it); Ctrl-C stops it cleanly and returns.
     """
     log_prob = target if callable(target) and not hasattr(target, "log_prob") else target.log_prob
-    check_optimisation(lr, clip, steps=steps, batch_size=batch_size, log_every=log_every)
-    if anneal is not None and (not isinstance(anneal, int) or anneal < 0):
-        raise ValueError(f"anneal must be a number of steps >= 0 or None, got {anneal!r}")
+    options.check(
+        options.VARIATIONAL,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        anneal=anneal,
+        schedule=schedule,
+        clip=clip,
+        log_every=log_every,
+        seed=seed,
+        progress=progress,
+    )
     if not 0 < beta0 <= 1:
         raise ValueError(f"beta0 must be in (0, 1], got {beta0!r}")
-    if schedule not in (None, "cosine"):
-        raise ValueError(f"schedule must be 'cosine' or None, got {schedule!r}")
     check_options(optimizer, scheduler, lr, 0.0, schedule)
     flow.to(device=devices.resolve(device, default=str(flow.device)), dtype=dtype or flow.dtype)
     if seed is not None:

@@ -13,6 +13,10 @@ from typing import Any
 
 import yaml
 
+from flowforge.runtime import options
+from flowforge.runtime.options import Option
+from flowforge.training import options as training_options
+
 DEFAULTS: dict[str, Any] = {
     "data": "two-moons",  # a dataset name, or a .npz / .npy / .csv file (flowforge.datasets)
     "model": "realnvp",
@@ -128,10 +132,6 @@ class ConfigError(ValueError):
     """A configuration value that cannot be used."""
 
 
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
-
-
 def finite_number(value: Any) -> float | None:
     """A finite float from a number or a numeric string (YAML reads ``1e-3`` as a string),
     else None."""
@@ -144,6 +144,13 @@ def finite_number(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def _number_or_text(value: Any) -> Any:
+    """A string that spells a finite number as that number (YAML 1.1 leaves ``1e-3`` a
+    string), anything else as it is."""
+    number = finite_number(value) if isinstance(value, str) else None
+    return value if number is None else number
+
+
 def _columns(value: Any) -> bool:
     """A column spec: ``"0,1"``, ``"age,height"``, an index, or a non-empty list of them."""
     if isinstance(value, str):
@@ -153,99 +160,71 @@ def _columns(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
-    return lambda value: value is None or check(value)
+_POSITIVE_INT = Option(options.integer(1), nullable=True)
+_PATH = Option(options.text("a directory path"), nullable=True)
+_UNIT = options.number(0.0, below=1.0, what="a number in [0, 1)")
 
-
-CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "data": (
-        lambda v: isinstance(v, str),
-        "a dataset name (see flowforge list) or a .npz, .npy or .csv file",
+# The schema of every config key (and flag) of `flowforge fit` and `flowforge vi`: the
+# training options of `flowforge.training.options` under the same names (fit's where
+# fit_variational's differs: ``schedule``, which ff.fit_variational narrows to cosine or
+# None), and the run's own.
+SCHEMA: dict[str, Option] = {
+    **training_options.FIT,
+    **{k: v for k, v in training_options.VARIATIONAL.items() if k not in training_options.FIT},
+    "seed": training_options.SEED,
+    "data": Option(
+        options.text("a dataset name (see flowforge list) or a .npz, .npy or .csv file")
     ),
-    "model": (lambda v: isinstance(v, str), "a model name (see flowforge list)"),
-    "n": (_optional(_positive_int), "a positive integer or null"),
-    "data_dir": (_optional(lambda v: isinstance(v, str)), "a directory path or null"),
-    "context_columns": (
-        _optional(_columns),
-        'column indices or header names such as "0,1" or [0, 1], or null',
+    "model": Option(options.text("a model name (see flowforge list)")),
+    "n": _POSITIVE_INT,
+    "data_dir": _PATH,
+    "context_columns": Option(
+        options.custom('column indices or header names such as "0,1" or [0, 1]', _columns),
+        nullable=True,
     ),
-    "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
-    "epochs": (_positive_int, "a positive integer"),
-    "batch_size": (_positive_int, "a positive integer"),
-    "lr": (lambda v: (finite_number(v) or 0) > 0, "a positive number"),
-    "weight_decay": (
-        lambda v: finite_number(v) is not None and finite_number(v) >= 0,
-        "a number >= 0",
+    "objective": Option(options.choice("likelihood", "flow-matching")),
+    "coupling": Option(options.choice("independent", "ot", "sinkhorn")),
+    "coupling_reg": training_options.POSITIVE,
+    "sigma_min": Option(_UNIT),
+    "adam_betas": Option(
+        options.listed(_UNIT, "two numbers in [0, 1) such as [0.9, 0.99]", length=2),
+        nullable=True,
     ),
-    "schedule": (lambda v: v in (None, "cosine", "plateau"), "cosine, plateau or null"),
-    "clip": (_optional(lambda v: (finite_number(v) or 0) > 0), "a positive number or null"),
-    "patience": (_optional(_positive_int), "a positive integer or null"),
-    "checkpoint_every": (_optional(_positive_int), "a positive number of steps or null"),
-    "divergence_threshold": (
-        _optional(lambda v: (finite_number(v) or 0) > 0),
-        "a positive number or null (no check for an exploding loss)",
+    "adam_eps": Option(training_options.POSITIVE.kind, nullable=True),
+    "device": Option(options.text("a torch device such as cpu or cuda")),
+    "dtype": Option(options.choice("float32", "float64")),
+    "layers": _POSITIVE_INT,
+    "hidden": Option(
+        options.listed(options.integer(1), "a list of positive widths such as [64, 64]"),
+        nullable=True,
     ),
-    "rollbacks": (
-        lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
-        "an integer >= 0",
-    ),
-    "objective": (lambda v: v in ("likelihood", "flow-matching"), "likelihood or flow-matching"),
-    "coupling": (
-        lambda v: v in ("independent", "ot", "sinkhorn"),
-        "independent, ot or sinkhorn",
-    ),
-    "coupling_reg": (lambda v: (finite_number(v) or 0) > 0, "a positive number"),
-    "sigma_min": (
-        lambda v: finite_number(v) is not None and 0 <= finite_number(v) < 1,
-        "a number in [0, 1)",
-    ),
-    "compile": (lambda v: v == "auto" or isinstance(v, bool), "auto, true or false"),
-    "adam_betas": (
-        _optional(
-            lambda v: (
-                isinstance(v, list)
-                and len(v) == 2
-                and all(finite_number(b) is not None and 0 <= finite_number(b) < 1 for b in v)
-            )
-        ),
-        "two numbers in [0, 1) such as [0.9, 0.99], or null",
-    ),
-    "adam_eps": (_optional(lambda v: (finite_number(v) or 0) > 0), "a positive number or null"),
-    "precision": (lambda v: v in ("float32", "bf16"), "float32 or bf16"),
-    "ema": (
-        _optional(lambda v: finite_number(v) is not None and 0 < finite_number(v) < 1),
-        "a decay in (0, 1) such as 0.99, or null",
-    ),
-    "device": (lambda v: isinstance(v, str), "a torch device such as cpu or cuda"),
-    "dtype": (lambda v: v in ("float32", "float64"), "float32 or float64"),
-    "layers": (_optional(_positive_int), "a positive integer or null"),
-    "hidden": (
-        _optional(lambda v: isinstance(v, list) and v and all(_positive_int(h) for h in v)),
-        "a list of positive widths such as [64, 64], or null",
-    ),
-    "model_args": (lambda v: isinstance(v, dict), "a mapping of extra model arguments"),
-    "progress": (lambda v: isinstance(v, bool), "true or false"),
-    "tensorboard": (_optional(lambda v: isinstance(v, str)), "a log directory or null"),
-    "plots": (lambda v: isinstance(v, bool), "true or false"),
-    "target": (
-        lambda v: isinstance(v, str),
-        "a target name (see flowforge list) or module:function",
-    ),
-    "dim": (_optional(_positive_int), "a positive integer or null"),
-    "base": (lambda v: isinstance(v, str), "a base name: normal, logistic or diag-normal"),
-    "steps": (_positive_int, "a positive integer"),
-    "anneal": (_optional(lambda v: isinstance(v, int) and v >= 0), "a number of steps or null"),
+    "model_args": Option(options.mapping("a mapping of extra model arguments")),
+    "tensorboard": Option(options.text("a log directory"), nullable=True),
+    "plots": Option(options.BOOLEAN),
+    "target": Option(options.text("a target name (see flowforge list) or module:function")),
+    "dim": _POSITIVE_INT,
+    "base": Option(options.text("a base name: normal, logistic or diag-normal")),
 }
-FLOATS = (
-    "lr",
-    "weight_decay",
-    "clip",
-    "divergence_threshold",
-    "sigma_min",
-    "coupling_reg",
-    "ema",
-    "adam_eps",
-)
+
+
+# `flowforge vi`'s keys: the same, with fit_variational's schedule (cosine or null)
+VI_SCHEMA: dict[str, Option] = {**SCHEMA, "schedule": training_options.VARIATIONAL["schedule"]}
+
+
+def checked(key: str, value: Any, schema: Mapping[str, Option] = SCHEMA) -> Any:
+    """The value of config key ``key`` in its normal form (a string that spells a number or
+    a list, as YAML leaves ``1e-3``, read as one); else one `ConfigError` line."""
+    option = schema[key]
+    if isinstance(value, list) and not option.accepts(value):  # [0.9, "1e-3"]
+        value = [_number_or_text(v) for v in value]
+    if isinstance(value, str) and not option.accepts(value):
+        try:
+            return option.read(value)
+        except ValueError:
+            pass
+    if not option.accepts(value):
+        raise ConfigError(f"config value {key!r} must be {option.expected('yaml')}, got {value!r}")
+    return None if value is None else option.kind.normal(value)
 
 
 MAX_YAML_VALUES = 1_000_000  # values in a config file, counting each use of a YAML alias
@@ -326,6 +305,7 @@ def resolve(
     overrides: Mapping[str, Any] | None = None,
     data_kind: Callable[[str], str] = lambda name: name,
     defaults: Mapping[str, Any] = DEFAULTS,
+    schema: Mapping[str, Option] = SCHEMA,
 ) -> dict[str, Any]:
     """Merge ``defaults`` (`DEFAULTS` for fitting data, `VI_DEFAULTS` for
     variational inference), the data's defaults, a config file's values and flag overrides,
@@ -343,16 +323,7 @@ def resolve(
         config.update(DATA_DEFAULTS.get(kind, {}))
         config.update(MODEL_DATA_DEFAULTS.get((kind, str(given.get("model", config["model"]))), {}))
     config.update(given)
-    for key in config:
-        check, expected = CHECKS[key]
-        if not check(config[key]):
-            raise ConfigError(f"config value {key!r} must be {expected}, got {config[key]!r}")
-    for key in FLOATS:
-        if config.get(key) is not None:
-            config[key] = finite_number(config[key])
-    if config.get("adam_betas") is not None:
-        config["adam_betas"] = [finite_number(b) for b in config["adam_betas"]]
-    return config
+    return {key: checked(key, value, schema) for key, value in config.items()}
 
 
 def write_yaml(config: Mapping[str, Any], path: Path) -> None:

@@ -24,6 +24,7 @@ import torch
 from flowforge.flows.flow import Flow
 from flowforge.runs.config import (
     VI_DEFAULTS,
+    VI_SCHEMA,
     ConfigError,
     read_yaml,
     resolve,
@@ -121,7 +122,7 @@ def _read_run_config(run_dir: str | Path, vi: bool = False) -> dict[str, Any]:
         raise FileNotFoundError(f"{run_dir} is not a run directory: {CONFIG_FILE} is missing")
     try:
         if vi:
-            return resolve(read_yaml(path), None, defaults=VI_DEFAULTS)
+            return resolve(read_yaml(path), None, defaults=VI_DEFAULTS, schema=VI_SCHEMA)
         return resolve(read_yaml(path), None, data_kind)
     except ConfigError as error:
         message = str(error)

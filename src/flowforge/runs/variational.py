@@ -18,6 +18,7 @@ from flowforge.flows.flow import Flow
 from flowforge.inference.variational import VariationalHistory, fit_variational
 from flowforge.runs.config import (
     VI_DEFAULTS,
+    VI_SCHEMA,
     ConfigError,
     read_yaml,
     resolve,
@@ -114,7 +115,7 @@ def make_vi_config(
 ) -> dict[str, Any]:
     """The checked configuration of a variational run: defaults < file < flags."""
     file_values = read_yaml(config_file) if config_file else {}
-    config = resolve(file_values, overrides, defaults=VI_DEFAULTS)
+    config = resolve(file_values, overrides, defaults=VI_DEFAULTS, schema=VI_SCHEMA)
     _check_given_once(config, file_values, overrides, ("layers", "hidden", "base"))
     if config["dim"] is not None:
         batch = f"a batch of {config['batch_size']:,} draws of dimension {config['dim']:,}"

@@ -19,23 +19,14 @@ time_to_quality.json``). It is torch's ``AveragedModel`` with this decay; the bu
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor
 from torch.optim.swa_utils import AveragedModel
 
 from flowforge.flows.flow import Flow
+from flowforge.training.options import DECAY
 
 WARMUP = 10  # the 10 of d_t = min(d, (1 + t) / (10 + t))
-
-
-def check_decay(ema: Any) -> None:
-    """Refuse anything but None or a decay in (0, 1), in one line."""
-    if ema is None:
-        return
-    if isinstance(ema, bool) or not isinstance(ema, int | float) or not 0 < ema < 1:
-        raise ValueError(f"ema must be None or a decay in (0, 1) such as 0.99, got {ema!r}")
 
 
 class WeightAverage:
@@ -51,7 +42,7 @@ class WeightAverage:
     """
 
     def __init__(self, flow: Flow, decay: float) -> None:
-        check_decay(decay)
+        DECAY.check("decay", decay)
         self.source, self.decay, self.updates = flow, float(decay), 0
         self.model = AveragedModel(flow, multi_avg_fn=self._average, use_buffers=False)
 

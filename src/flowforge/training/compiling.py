@@ -35,17 +35,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from flowforge.training.options import FIT
+
 COMPILE_SECONDS = 20.0  # above the 7-19 s measured for flowforge's cases in benchmarks.compile
 EXPECTED_GAIN = 1.15  # below the smallest measured gain (1.18, case C)
 MARGIN = 2.0  # compile only if the expected saving is twice the expected cost
 WARMUP_STEPS = 6  # eager steps before deciding: the first is a warm-up, then 4 intervals
 CHECK_STEPS = 10  # compiled steps timed before "auto" keeps the compiled step
-
-
-def check_mode(mode: Any) -> None:
-    """Refuse anything but ``"auto"``, ``True`` or ``False``, in one line."""
-    if not (mode is True or mode is False or mode == "auto"):
-        raise ValueError(f"compile must be 'auto', True or False, got {mode!r}")
 
 
 def pays_off(steps_left: int, eager_seconds: float) -> bool:
@@ -86,7 +82,7 @@ class StepCompiler:
         say: Callable[[str], None],
         eager_only: str | None = None,
     ) -> None:
-        check_mode(mode)
+        FIT["compile"].check("compile", mode)
         self.module, self.mode, self.steps_left = module, mode, steps_left
         self.record, self.say, self.eager_only = record, say, eager_only
         self.compiled: Callable[..., Tensor] | None = None

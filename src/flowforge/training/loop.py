@@ -26,9 +26,9 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from flowforge.datasets.base import Split
 from flowforge.flows.flow import Flow
 from flowforge.runtime import devices, interrupts, logs
-from flowforge.training import checkpoint, compiling, objectives
+from flowforge.training import checkpoint, compiling, objectives, options
 from flowforge.training import distributed as parallel
-from flowforge.training.averaging import WeightAverage, check_decay
+from flowforge.training.averaging import WeightAverage
 from flowforge.training.batches import (
     Batches,
     batches_of,
@@ -54,7 +54,6 @@ from flowforge.training.divergence import (
 )
 from flowforge.training.objectives import Objective, ObjectiveLoss
 from flowforge.training.optimizers import (
-    SCHEDULES,
     OptimizerSpec,
     SchedulerSpec,
     build_optimizer,
@@ -221,11 +220,27 @@ def fit(
         and ``history.signal`` say so.
     """
     train, val = in_memory(train), in_memory(val)
-    _check_arguments(epochs, batch_size, lr, schedule, clip, patience)
+    options.check(
+        options.FIT,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        schedule=schedule,
+        clip=clip,
+        ema=ema,
+        keep_best=keep_best,
+        patience=patience,
+        resume=resume,
+        checkpoint_every=checkpoint_every,
+        divergence_threshold=divergence_threshold,
+        rollbacks=rollbacks,
+        compile=compile,
+        precision=precision,
+        seed=seed,
+        progress=progress,
+    )
     check_options(optimizer, scheduler, lr, weight_decay, schedule)
-    _check_safety(checkpoint_every, divergence_threshold, rollbacks)
-    compiling.check_mode(compile)
-    check_decay(ema)
     hooks = [EarlyStopping(patience)] if patience is not None else []
     hooks += [MetricsFile(metrics)] if metrics is not None else []
     hooks += [TensorBoard(tensorboard)] if tensorboard is not None else []
@@ -785,41 +800,6 @@ def gradient_step(optimizer: torch.optim.Optimizer, loss: Tensor, clip: float | 
         parameters = [p for group in optimizer.param_groups for p in group["params"]]
         torch.nn.utils.clip_grad_norm_(parameters, clip)
     optimizer.step()
-
-
-def check_optimisation(lr: float, clip: float | None, **counts: int) -> None:
-    """One-line errors for a bad learning rate, clipping norm, or count (steps, batch size)."""
-    for name, value in counts.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if not (isinstance(lr, int | float) and lr > 0 and math.isfinite(lr)):
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
-    if clip is not None and not (isinstance(clip, int | float) and clip > 0):
-        raise ValueError(f"clip must be a positive number or None, got {clip!r}")
-
-
-def _check_safety(checkpoint_every, divergence_threshold, rollbacks) -> None:
-    if checkpoint_every is not None:
-        check_optimisation(1.0, None, checkpoint_every=checkpoint_every)
-    if divergence_threshold is not None and not (
-        isinstance(divergence_threshold, int | float)
-        and not isinstance(divergence_threshold, bool)
-        and divergence_threshold > 0
-        and math.isfinite(divergence_threshold)
-    ):
-        raise ValueError(
-            f"divergence_threshold must be a positive number or None, got {divergence_threshold!r}"
-        )
-    if isinstance(rollbacks, bool) or not isinstance(rollbacks, int) or rollbacks < 0:
-        raise ValueError(f"rollbacks must be an integer >= 0, got {rollbacks!r}")
-
-
-def _check_arguments(epochs, batch_size, lr, schedule, clip, patience) -> None:
-    check_optimisation(lr, clip, epochs=epochs, batch_size=batch_size)
-    if schedule is not None and schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {SCHEDULES} or None, got {schedule!r}")
-    if patience is not None and (not isinstance(patience, int) or patience < 1):
-        raise ValueError(f"patience must be a positive integer or None, got {patience!r}")
 
 
 def _copy_state(flow: Flow) -> dict[str, Tensor]:
