@@ -4,6 +4,7 @@ writes, checkpoints resume with any number of processes, and a dead worker ends 
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import socket
@@ -16,7 +17,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, DistributedSampler, IterableDataset, TensorDataset
 
 import flowforge as ff
 from flowforge.datasets.base import Split
@@ -39,9 +40,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def problem(model: str, loader: bool = False) -> tuple[ff.Flow, Any, Any]:
+class ReadLog(TensorDataset):
+    """A map-style dataset that records the indices it was asked for."""
+
+    def __init__(self, *tensors: torch.Tensor) -> None:
+        super().__init__(*tensors)
+        self.reads: list[int] = []
+
+    def __getitem__(self, index: int):
+        self.reads.append(int(index))
+        return super().__getitem__(index)
+
+
+SAMPLER_BATCH = 8  # each rank's batch from its DistributedSampler
+
+
+def problem(model: str, loader: bool | str = False, rank: int = 0) -> tuple[ff.Flow, Any, Any]:
     """A float64 model and data whose sizes leave uneven last batches and shards (as
-    Splits, or as a shuffling DataLoader and a Dataset)."""
+    Splits; as a shuffling DataLoader and a Dataset; as a map-style dataset that logs its
+    reads, ``loader="dataset"``; or as a loader of this ``rank``'s DistributedSampler,
+    ``loader="sampler"``)."""
     torch.manual_seed(0)
     if model == "glow":
         flow = ff.models.glow((1, 4, 4), levels=1, steps=2, channels=8)
@@ -55,6 +73,12 @@ def problem(model: str, loader: bool = False) -> tuple[ff.Flow, Any, Any]:
         x = torch.randn(70, 3) @ torch.tensor([[1.0, 0.5, 0.0], [0.0, 1.0, 0.3], [0.0, 0.0, 0.7]])
     flow = flow.double()
     x = x.double()
+    if loader == "dataset":
+        return flow, ReadLog(x[:55]), Split(x[55:])
+    if loader == "sampler":
+        dataset = TensorDataset(x[:55])
+        sampler = DistributedSampler(dataset, num_replicas=2, rank=rank, shuffle=True, seed=3)
+        return flow, DataLoader(dataset, SAMPLER_BATCH, sampler=sampler), Split(x[55:])
     if loader:
         batches = DataLoader(TensorDataset(x[:55]), batch_size=OPTIONS["batch_size"], shuffle=True)
         return flow, batches, TensorDataset(x[55:])
@@ -83,10 +107,15 @@ def _worker(rank: int, world: int, port: int, jobs: list, out: str) -> None:
 
         loop.checkpoint.save = callbacks.write_metrics = refuse
     for name, model, options in jobs:
-        flow, train, val = problem(model, loader=options.pop("loader", False))
+        flow, train, val = problem(model, loader=options.pop("loader", False), rank=rank)
         history = ff.fit(flow, train, val, distributed=True, **options)
         torch.save(
-            {"state": flow.state_dict(), "val_nll": [e["val_nll"] for e in history.epochs]},
+            {
+                "state": flow.state_dict(),
+                "val_nll": [e["val_nll"] for e in history.epochs],
+                "train_nll": [e["train_nll"] for e in history.epochs],
+                "reads": getattr(train, "reads", []),
+            },
             Path(out) / f"{name}-rank{rank}.pt",
         )
     dist.destroy_process_group()
@@ -116,6 +145,11 @@ def two_process_runs(tmp_path_factory) -> dict[str, list]:
     jobs = [(m, m, {}) for m in MODELS] + [("empty-part", "maf", {"batch_size": 27})]
     jobs += [("flow-matching", "cnf", MATCHING), ("ema", "realnvp", {"ema": 0.9})]
     jobs += [("loader", "realnvp", {"loader": True})]
+    jobs += [
+        ("dataset-empty-part", "maf", {"loader": "dataset", "batch_size": 27}),
+        ("dataset", "glow", {"loader": "dataset"}),
+        ("sampler", "realnvp", {"loader": "sampler"}),
+    ]
     return run_workers(2, jobs, tmp_path_factory.mktemp("runs"))
 
 
@@ -176,11 +210,71 @@ def test_a_shuffling_dataloader_on_two_processes_follows_one_process(two_process
     assert_same_parameters(results[0]["state"], flow.state_dict())
 
 
-def test_a_last_batch_of_one_leaves_a_rank_empty_handed_and_still_agrees(two_process_runs):
-    # 55 samples in batches of 27: the last batch has one sample, so rank 1 gets none
+def test_a_map_style_dataset_is_read_in_shards_and_trains_the_one_process_model(
+    two_process_runs,
+):
+    """Each rank reads only its part of every global batch (the two parts of an epoch are
+    the whole data set, once), the ActNorm layers are initialised on the gathered global
+    batch, and the result is the one-process run's."""
+    results = two_process_runs["dataset"]
+    reads = [r["reads"] for r in results]
+    assert sorted(reads[0] + reads[1]) == sorted(list(range(55)) * OPTIONS["epochs"])
+    # batches of 15, 15, 15 and 10 split 8 / 7 and 5 / 5: 29 and 26 reads an epoch
+    assert [len(r) for r in reads] == [29 * OPTIONS["epochs"], 26 * OPTIONS["epochs"]]
+    flow, train, val = problem("glow")
+    ff.fit(flow, train, val, distributed=False, **OPTIONS)
+    assert_same_parameters(results[0]["state"], results[1]["state"], tolerance=0)
+    assert_same_parameters(results[0]["state"], flow.state_dict())
+
+
+class GlobalBatches(IterableDataset):
+    """Epoch by epoch, the global batches that two ranks' DistributedSamplers make: each
+    rank's batch, rank 0's first."""
+
+    def __init__(self, x: torch.Tensor) -> None:
+        self.dataset, self.epoch = TensorDataset(x), 0
+
+    def __len__(self) -> int:  # a rank's samples, ceil(n / 2), in batches
+        return math.ceil(math.ceil(len(self.dataset) / 2) / SAMPLER_BATCH)
+
+    def __iter__(self):
+        parts = []
+        for rank in range(2):
+            sampler = DistributedSampler(self.dataset, 2, rank, shuffle=True, seed=3)
+            sampler.set_epoch(self.epoch)
+            parts.append(DataLoader(self.dataset, SAMPLER_BATCH, sampler=sampler))
+        self.epoch += 1
+        for (a,), (b,) in zip(*parts, strict=True):
+            yield torch.cat([a, b])
+
+
+def test_a_distributed_sampler_gives_each_rank_its_part_of_the_global_batch(two_process_runs):
+    """A DataLoader of a DistributedSampler: each rank trains on its own batches, the
+    sampler's epoch set by the loop; the result is one process's on the two ranks' batches
+    put together."""
+    results = two_process_runs["sampler"]
+    flow, train, val = problem("realnvp")
+    loader = DataLoader(GlobalBatches(train.x), batch_size=None)
+    history = ff.fit(flow, loader, val, distributed=False, **OPTIONS)
+    assert_same_parameters(results[0]["state"], results[1]["state"], tolerance=0)
+    assert_same_parameters(results[0]["state"], flow.state_dict())
+    one = torch.tensor([e["train_nll"] for e in history.epochs])
+    torch.testing.assert_close(torch.tensor(results[0]["train_nll"]), one, rtol=0, atol=TOLERANCE)
+
+
+def test_a_distributed_sampler_outside_a_distributed_run_is_refused():
+    flow, train, val = problem("realnvp", loader="sampler")
+    with pytest.raises(ValueError, match="sampler is a DistributedSampler but this run is not"):
+        ff.fit(flow, train, val, distributed=False, **OPTIONS)
+
+
+@pytest.mark.parametrize("job", ["empty-part", "dataset-empty-part"])
+def test_a_last_batch_of_one_leaves_a_rank_empty_handed_and_still_agrees(two_process_runs, job):
+    # 55 samples in batches of 27: the last batch has one sample, so rank 1 gets none (and,
+    # from a dataset read in shards, reads none)
     flow, train, val = problem("maf")
     ff.fit(flow, train, val, distributed=False, **{**OPTIONS, "batch_size": 27})
-    assert_same_parameters(two_process_runs["empty-part"][0]["state"], flow.state_dict())
+    assert_same_parameters(two_process_runs[job][0]["state"], flow.state_dict())
 
 
 def test_only_rank_zero_writes_and_a_checkpoint_resumes_with_one_or_two(tmp_path):

@@ -11,6 +11,15 @@ r"""Where a run's mini-batches come from, and how a resumed run gets the same on
 - a ``DataLoader``, or an ``IterableDataset`` that streams (`LoaderBatches`): the loader's
   batches as it yields them, its batch size and shuffling its own.
 
+In a data-parallel run (`flowforge.training.distributed`) a step trains on a global batch
+split between the ranks. A map-style dataset is sharded as it is read: each rank reads only
+its own part of the global batch (``shard``), so that no process reads more than its share
+(where the objective draws nothing for the batch, as the likelihood; flow matching's draws
+and pairing need the global batch on every rank). A ``DataLoader`` whose sampler is a
+``DistributedSampler`` gives each rank its own batches already: they are the rank's part
+(``local``), and the loop calls the sampler's ``set_epoch`` at every epoch. Any other data is
+read whole on every rank, each training on its slice.
+
 An item or batch is a tensor ``x`` or a tuple ``(x, ...)``; a conditional flow takes the
 second element as the context, an unconditional one ignores what follows ``x`` (a label).
 Data from a dataset or a loader are used as they come (dequantise them there).
@@ -28,12 +37,12 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, IterableDataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset
 from torch.utils.data import default_collate as collate
 
 from flowforge.datasets.base import Split
@@ -45,6 +54,7 @@ class Batches(ABC):
     """An epoch's mini-batches, one `next()` per training step."""
 
     discrete = False  # whether the data are discrete (reported in bits/dim)
+    local = False  # whether a batch is this rank's part of the global batch, not all of it
 
     @property
     @abstractmethod
@@ -52,8 +62,8 @@ class Batches(ABC):
         """Steps in an epoch, or None where the loader cannot say (an unsized stream)."""
 
     @abstractmethod
-    def start(self, generator: torch.Generator) -> None:
-        """Begin an epoch (draw its order, or make the loader's iterator)."""
+    def start(self, generator: torch.Generator, epoch: int = 0) -> None:
+        """Begin epoch ``epoch`` (draw its order, or make the loader's iterator)."""
 
     @abstractmethod
     def next(self, step: int, generator: torch.Generator) -> tuple[Tensor, Tensor | None] | None:
@@ -88,7 +98,7 @@ class SplitBatches(Batches):
     def steps_per_epoch(self) -> int:
         return math.ceil(len(self.split) / self.batch_size)
 
-    def start(self, generator: torch.Generator) -> None:
+    def start(self, generator: torch.Generator, epoch: int = 0) -> None:
         self.order = torch.randperm(len(self.split), generator=generator)
 
     def indices(self, step: int) -> Tensor | None:
@@ -118,23 +128,38 @@ class SplitBatches(Batches):
 
 
 class DatasetBatches(SplitBatches):
-    """Batches of a map-style ``Dataset``'s items, read one batch at a time."""
+    """Batches of a map-style ``Dataset``'s items, read one batch at a time; with ``shard``
+    (a rank's part of ``n`` items, `Workers.shard`), only this rank's part of each batch."""
 
-    def __init__(self, dataset: Dataset, batch_size: int, conditional: bool) -> None:
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        conditional: bool,
+        shard: Callable[[int], slice] | None = None,
+    ) -> None:
         self.dataset, self.batch_size, self.conditional = dataset, batch_size, conditional
+        self.shard, self.local = shard, shard is not None
         self.order = None
 
     @property
     def steps_per_epoch(self) -> int:
         return math.ceil(len(self.dataset) / self.batch_size)
 
-    def start(self, generator: torch.Generator) -> None:
+    def start(self, generator: torch.Generator, epoch: int = 0) -> None:
         self.order = torch.randperm(len(self.dataset), generator=generator)
 
     def next(self, step: int, generator: torch.Generator) -> tuple[Tensor, Tensor | None] | None:
         index = self.indices(step)
         if index is None:
             return None
+        return self.read(index if self.shard is None else index[self.shard(len(index))])
+
+    def read(self, index: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The items ``index``, stacked; an empty part as an empty batch of the item's shape."""
+        if len(index) == 0:
+            x, context = self.read(self.order[:1])
+            return x[:0], None if context is None else context[:0]
         return unpack(collate([self.dataset[i] for i in index.tolist()]), self.conditional)
 
     def describe(self) -> dict[str, Any]:
@@ -146,9 +171,14 @@ class LoaderBatches(Batches):
 
     def __init__(self, loader: DataLoader, conditional: bool) -> None:
         self.loader, self.conditional = loader, conditional
+        self.local = isinstance(loader.sampler, DistributedSampler)
+        self.epoch = 0
         self.iterator: Iterator[Any] | None = None
         self.states: dict[str, Tensor] = {}  # the random states the epoch's iterator began from
         self.last: Tensor | None = None  # the last batch handed out (fingerprinted on save)
+        # whether a resume compares the replayed batch with the stored fingerprint (rank 0's
+        # batch: another rank of a DistributedSampler's cannot)
+        self.verify = True
 
     @property
     def steps_per_epoch(self) -> int | None:
@@ -163,7 +193,10 @@ class LoaderBatches(Batches):
         found["sampler"] = getattr(getattr(self.loader, "sampler", None), "generator", None)
         return {name: g for name, g in found.items() if isinstance(g, torch.Generator)}
 
-    def start(self, generator: torch.Generator) -> None:
+    def start(self, generator: torch.Generator, epoch: int = 0) -> None:
+        self.epoch = epoch
+        if self.local:  # the DistributedSampler's order is drawn from its seed and the epoch
+            self.loader.sampler.set_epoch(epoch)
         self.states = {"rng.torch": torch.get_rng_state()}
         self.states.update({f"rng.{k}": g.get_state() for k, g in self.generators().items()})
         self.iterator = iter(self.loader)
@@ -179,7 +212,7 @@ class LoaderBatches(Batches):
 
     def state(self) -> tuple[dict[str, Any], dict[str, Tensor]]:
         last = None if self.last is None else fingerprint(self.last)
-        return {"last_batch": last}, dict(self.states)
+        return {"last_batch": last, "epoch": self.epoch}, dict(self.states)
 
     def restore(self, state: dict[str, Any], tensors: dict[str, Tensor], step: int) -> None:
         now = torch.get_rng_state()
@@ -187,12 +220,12 @@ class LoaderBatches(Batches):
         for name, g in self.generators().items():
             if f"rng.{name}" in tensors:
                 g.set_state(tensors[f"rng.{name}"])
-        self.start(torch.Generator())
+        self.start(torch.Generator(), state.get("epoch", 0))
         for _ in range(step):  # read again what was trained on, and skip it
             if self.next(0, torch.Generator()) is None:
                 break
         replayed = None if self.last is None else fingerprint(self.last)
-        if replayed != state.get("last_batch"):
+        if self.verify and replayed != state.get("last_batch"):
             raise CheckpointError(
                 f"cannot resume inside an epoch: replaying the DataLoader did not give the "
                 f"batch trained at step {step} (its order does not follow torch's generators); "
@@ -270,9 +303,15 @@ def check_batch(flow: Flow, x: Tensor, context: Tensor | None) -> None:
         raise ValueError(f"a batch has {len(x)} samples but {len(context)} contexts")
 
 
-def batches_of(data: Any, batch_size: int, conditional: bool) -> Batches:
-    """The `Batches` of ``data``: a tensor, a `Split`, a map-style ``Dataset``, an
-    ``IterableDataset`` (read in batches of ``batch_size``) or a ``DataLoader``."""
+def batches_of(
+    data: Any,
+    batch_size: int,
+    conditional: bool,
+    shard: Callable[[int], slice] | None = None,
+) -> Batches:
+    """The `Batches` of ``data``: a tensor, a `Split`, a map-style ``Dataset`` (only this
+    rank's part of each batch read, with ``shard``), an ``IterableDataset`` (read in batches
+    of ``batch_size``) or a ``DataLoader``."""
     if isinstance(data, Tensor):
         return SplitBatches(Split(data), batch_size)
     if isinstance(data, Split):
@@ -289,7 +328,7 @@ def batches_of(data: Any, batch_size: int, conditional: bool) -> Batches:
                 f"a map-style Dataset needs __len__; {type(data).__name__} has none (make it "
                 "an IterableDataset to stream it)"
             ) from None
-        return DatasetBatches(data, batch_size, conditional)
+        return DatasetBatches(data, batch_size, conditional, shard)
     raise TypeError(
         "expected a Tensor, a flowforge.datasets.Split, a torch Dataset or a DataLoader, got "
         f"{type(data).__name__}"

@@ -166,18 +166,32 @@ def wrap(flow: torch.nn.Module) -> torch.nn.Module:
     return DistributedDataParallel(flow, device_ids=ids, forward_sync_buffers=False)
 
 
-def initialize(flow: torch.nn.Module, x: Tensor, context: Tensor | None) -> None:
-    """Run the data-dependent initialisations that are still pending (any layer with an
-    ``initialized`` flag that is false: `ActNorm`, `DiagonalScaling` with a target) on the
-    whole global batch ``x``, as the one-process run does on its first batch, so that every
-    rank starts from the same parameters."""
-    pending = any(
+def pending(flow: torch.nn.Module) -> bool:
+    """Whether a data-dependent initialisation is still to run: a layer with an
+    ``initialized`` flag that is false (`ActNorm`, `DiagonalScaling` with a target)."""
+    return any(
         isinstance(getattr(m, "initialized", None), Tensor) and not bool(m.initialized)
         for m in flow.modules()
     )
-    if pending:
+
+
+def initialize(flow: torch.nn.Module, x: Tensor, context: Tensor | None) -> None:
+    """Run the pending data-dependent initialisations on the whole global batch ``x``, as
+    the one-process run does on its first batch, so that every rank starts from the same
+    parameters."""
+    if pending(flow):
         with torch.no_grad():
             flow.log_prob(x, context)
+
+
+def gather(part: Tensor | None) -> Tensor | None:
+    """The ranks' parts concatenated in rank order (every rank gets the whole); the
+    parts may differ in length."""
+    if part is None:
+        return None
+    parts: list[Tensor | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, part.cpu())
+    return torch.cat(parts).to(part.device)
 
 
 def launched_rank() -> int:

@@ -31,6 +31,7 @@ from flowforge.training import distributed as parallel
 from flowforge.training.averaging import WeightAverage
 from flowforge.training.batches import (
     Batches,
+    LoaderBatches,
     batches_of,
     check_batch,
     describe_data,
@@ -187,8 +188,11 @@ def fit(
             ``torchrun`` or ``flowforge fit --nproc`` set up in the environment, if any; True
             requires one; False trains on this process alone. The flow is wrapped in
             DistributedDataParallel, each step's global batch of ``batch_size`` is split
-            between the ranks, the validation sums are all-reduced, and only rank 0 writes
-            checkpoints, metrics, TensorBoard logs and the progress bar; the result equals
+            between the ranks (a map-style dataset is read in shards, each rank reading its
+            part; a ``DataLoader`` of a ``DistributedSampler`` gives each rank its own
+            batches: `flowforge.training.batches`), the validation sums are all-reduced,
+            and only rank 0 writes checkpoints, metrics, TensorBoard logs and the progress
+            bar; the result equals
             the one-process run's up to the order of floating-point sums.
         compile: ``"auto"`` (the default) compiles the training step with ``torch.compile``
             when the steps left repay the compile time, judged from the eager step time
@@ -323,10 +327,25 @@ class _Trainer:
 
     def __init__(self, flow: Flow, train: Any, val: Any, **options: Any) -> None:
         self.flow, self.train, self.val = flow, train, val
-        self.batches: Batches = batches_of(train, options["batch_size"], flow.context_dim != 0)
         for name, value in options.items():  # epochs, batch_size, lr, ... as fit's arguments
             setattr(self, name, value)
+        # a data-parallel run reads a dataset's batches in shards, where the objective can
+        shard = None if self.workers is None or self.objective.draws else self.workers.shard
+        self.batches: Batches = batches_of(train, self.batch_size, flow.context_dim != 0, shard)
+        if self.batches.local and self.workers is None:
+            raise ValueError(
+                "the DataLoader's sampler is a DistributedSampler but this run is not "
+                "distributed; give it a plain loader, or start the run under torchrun"
+            )
+        if self.batches.local and self.objective.draws:
+            raise ValueError(
+                f"objective {self.objective.name!r} draws its noise and pairing for the global "
+                "batch on every rank; give the DataLoader without a DistributedSampler (each "
+                "rank then reads the global batch and trains on its part)"
+            )
         self.main = self.workers is None or self.workers.is_main  # writes files and logs
+        if isinstance(self.batches, LoaderBatches):  # only rank 0's last batch is stored
+            self.batches.verify = self.main or not self.batches.local
         loss = ObjectiveLoss(self.objective, flow)
         self.bf16 = Bf16Products(loss, flow.device.type) if self.precision == "bf16" else None
         loss = loss if self.bf16 is None else self.bf16
@@ -471,7 +490,7 @@ class _Trainer:
             self.penalty_total = position.get("penalty_total", 0.0)
             self.seconds = position["seconds"]
             extra = checkpoint.extra_tensors(tensors)
-            self.batches.restore(position.get("batches", {}), extra, self.step)
+            self._restore_batches(position.get("batches", {}), extra)
             self.in_epoch = True
         else:
             self.epoch, self.step = len(self.history.epochs), 0
@@ -487,6 +506,24 @@ class _Trainer:
         self.done = stopped_early and saved.get("patience") == self.patience
         if self.done:
             self.history.stopped = metadata["history"]["stopped"]
+
+    def _restore_batches(self, state: dict[str, Any], tensors: dict[str, Tensor]) -> None:
+        """Resume the epoch's batches; in a distributed run every rank fails if one does
+        (only rank 0 can check a DistributedSampler's replay)."""
+        try:
+            self.batches.restore(state, tensors, self.step)
+            failure = None
+        except checkpoint.CheckpointError as error:
+            failure = error
+        if self.workers is not None:
+            (failed,) = self.workers.all_sum(float(failure is not None))
+            if failed and failure is None:
+                failure = checkpoint.CheckpointError(
+                    "cannot resume inside an epoch: rank 0's replay of the DataLoader did not "
+                    "give the batch it trained on; start a new run"
+                )
+        if failure is not None:
+            raise failure
 
     def _change(self, key: str, old: Any, new: Any) -> None:
         """Apply a setting changed on resume, and record it."""
@@ -630,7 +667,7 @@ class _Trainer:
         started = time.perf_counter() - self.seconds
         if not self.in_epoch:
             with interrupts.deferred():
-                self.batches.start(self.generator)
+                self.batches.start(self.generator, self.epoch)
                 self.in_epoch = True
                 self.step, self.total, self.count, self.penalty_total = 0, 0.0, 0, 0.0
         while True:
@@ -652,7 +689,7 @@ class _Trainer:
     def _train_step(self) -> bool:
         """Train on the epoch's next batch; False if the epoch has no batch left."""
         flow = self.flow
-        # the whole global batch is read (and dequantised) on every rank, alike
+        # the global batch, or (batches.local) this rank's part of it
         batch = self.batches.next(self.step, self.generator)
         if batch is None:
             return False
@@ -667,8 +704,9 @@ class _Trainer:
                 value = loss.item()  # the objective's loss, whatever the penalty
                 penalty = flow.penalty() if self.reporting else None
                 loss = loss if penalty is None else loss + penalty
+                size = len(x)
             else:
-                loss, value, penalty = self._shard_loss(x, context)
+                loss, value, penalty, size = self._shard_loss(x, context)
         except SolverError as error:  # a field that cannot be integrated any more: diverged
             value, failure = math.nan, f"the ODE solve failed ({error})"
         if failure is None and self.monitor.check(value):
@@ -677,11 +715,11 @@ class _Trainer:
             gradient_step(self.optimizer, loss, self.clip)
             if self.average is not None:
                 self.average.update()
-            self.total += value * len(x)
-            self.count += len(x)
+            self.total += value * size
+            self.count += size
             self.penalised = penalty is not None
             if penalty is not None:
-                self.penalty_total += penalty.item() * len(x)
+                self.penalty_total += penalty.item() * size
             if self.reporting:  # after the backward pass, whose evaluations it counts
                 self.last_statistics = flow.statistics()
         else:
@@ -694,13 +732,22 @@ class _Trainer:
             hook.on_step_end(self, value)
         return True
 
-    def _shard_loss(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, float, Tensor | None]:
+    def _shard_loss(
+        self, x: Tensor, context: Tensor | None
+    ) -> tuple[Tensor, float, Tensor | None, int]:
         """This rank's loss, scaled so that DDP's gradient average is the global batch's,
-        the global batch's mean NLL (`flowforge.training.distributed`), and this rank's
-        penalty (a regularised continuous flow's), or None."""
-        parallel.initialize(self.flow, x, context)  # data-dependent layers, alike everywhere
-        inputs = self.objective.prepare(x, context, self.generator)  # the global batch's draws
-        part = self.workers.shard(len(x))
+        the global batch's mean NLL (`flowforge.training.distributed`), this rank's
+        penalty (a regularised continuous flow's) or None, and the global batch's size.
+        ``x`` is the global batch, or this rank's part of it where the batches are local."""
+        if self.batches.local:
+            if parallel.pending(self.flow):  # data-dependent layers see the global batch
+                parallel.initialize(self.flow, parallel.gather(x), parallel.gather(context))
+            inputs = self.objective.prepare(x, context, self.generator)  # draws nothing
+            part = slice(0, len(x))
+        else:
+            parallel.initialize(self.flow, x, context)  # data-dependent layers, alike
+            inputs = self.objective.prepare(x, context, self.generator)  # the global draws
+            part = self.workers.shard(len(x))
         nll = self.step_loss(*(None if v is None else v[part] for v in inputs)).sum()
         loss = nll
         penalty = self.flow.penalty() if self.reporting and part.stop > part.start else None
@@ -708,8 +755,9 @@ class _Trainer:
             loss = loss + penalty * (part.stop - part.start)
         if part.stop == part.start:  # nothing here: a zero that still reaches every parameter
             loss = loss + sum(p.sum() for p in self.flow.parameters()) * 0.0
-        (total,) = self.workers.all_sum(nll.item())
-        return loss * (self.workers.world_size / len(x)), total / len(x), penalty
+        total, size = self.workers.all_sum(nll.item(), part.stop - part.start)
+        size = round(size)
+        return loss * (self.workers.world_size / size), total / size, penalty, size
 
     def _eager_only(self) -> str | None:
         """Why ``compile="auto"`` must stay eager in this run, or None."""

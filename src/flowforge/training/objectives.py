@@ -55,14 +55,16 @@ class Objective(ABC):
     the sum over ranks is the one-process loss. Calling the objective does both.
 
     ``record`` names the epoch's mean training loss in the metrics (``"train_nll"`` for the
-    likelihood); ``solves`` says whether its losses run the flow's transform (so that the
-    layers' statistics and penalties belong to the step); ``check`` refuses, in one line, a
+    likelihood); ``draws`` says whether `prepare` draws for the whole batch (then every rank
+    needs the global batch); ``solves`` says whether its losses run the flow's transform (so
+    that the layers' statistics and penalties belong to the step); ``check`` refuses, in one line, a
     flow the objective cannot train.
     """
 
     name: str
     record: str
     solves: bool = True
+    draws: bool = False  # whether `prepare` draws for the global batch (noise, a pairing)
 
     def describe(self) -> dict[str, object]:
         """The name and options, as a checkpoint records them (a resume must not change
@@ -133,7 +135,7 @@ class FlowMatching(Objective):
     Needs a continuous flow (``ff.models.cnf``) on the standard normal base.
     """
 
-    name, record, solves = "flow-matching", "train_fm_loss", False
+    name, record, solves, draws = "flow-matching", "train_fm_loss", False, True
 
     def __init__(
         self, coupling: Coupling = "independent", sigma_min: float = 0.0, reg: float = 0.05
