@@ -93,3 +93,52 @@ def test_callbacks_that_are_not_callbacks_are_one_line_errors(callbacks):
     ) as caught:
         ff.fit(small_flow(), data(100, 0), epochs=1, callbacks=callbacks, progress=False)
     assert "\n" not in str(caught.value)
+
+
+class VariationalRecorder(Callback):
+    """Records fit_variational's hook calls; stops at the record of step ``stop_at``."""
+
+    def __init__(self, stop_at: int | None = None) -> None:
+        self.calls: list[tuple] = []
+        self.stop_at = stop_at
+
+    def on_fit_start(self, run):
+        self.calls.append(("start", run.global_step))
+
+    def on_step_end(self, run, loss):
+        assert isinstance(loss, float) and loss == loss
+        self.calls.append(("step", run.global_step))
+
+    def on_epoch_end(self, run, record):
+        self.calls.append(("record", record["step"]))
+        if record["step"] == self.stop_at:
+            run.stop("stopped by VariationalRecorder")
+
+    def on_fit_end(self, run):
+        self.calls.append(("end", len(run.history.records)))
+
+
+def variational(**options) -> ff.inference.variational.VariationalHistory:
+    torch.manual_seed(0)
+    flow = ff.models.planar(2, layers=2)
+    return ff.fit_variational(flow, ff.targets.get("u1"), batch_size=16, log_every=5,
+                              progress=False, **options)  # fmt: skip
+
+
+def test_fit_variational_calls_the_same_hooks():
+    recorder = VariationalRecorder()
+    history = variational(steps=20, callbacks=[recorder])
+    steps = [call[1] for call in recorder.calls if call[0] == "step"]
+    records = [call[1] for call in recorder.calls if call[0] == "record"]
+    assert recorder.calls[0] == ("start", 0) and recorder.calls[-1] == ("end", 4)
+    assert steps == list(range(1, 21)) and records == [5, 10, 15, 20]
+    assert recorder.calls.index(("record", 5)) == 6  # after the record's five steps
+    assert history.stopped == "finished"
+
+
+def test_a_callback_stops_fit_variational_at_a_record():
+    recorder = VariationalRecorder(stop_at=10)
+    history = variational(steps=100, callbacks=recorder)
+    assert [r["step"] for r in history.records] == [5, 10]
+    assert history.stopped == "stopped by VariationalRecorder"
+    assert recorder.calls[-1] == ("end", 2)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from flowforge.flows.flow import Flow
 from flowforge.runtime import devices, logs
 from flowforge.training import options
+from flowforge.training.callbacks import Callback, EachEpoch, check_callbacks
 from flowforge.training.loop import gradient_step, is_terminal
 from flowforge.training.optimizers import (
     OptimizerSpec,
@@ -55,6 +56,26 @@ class VariationalHistory:
 
     def __len__(self) -> int:
         return len(self.records)
+
+
+@dataclass
+class VariationalRun:
+    """What a `Callback` of `fit_variational` sees as ``run``: the ``flow``, ``optimizer``,
+    ``scheduler``, ``history`` and ``global_step`` (steps taken); ``main`` is True (one
+    process). A record is the hooks' "epoch": ``on_epoch_end(run, record)`` comes every
+    ``log_every`` steps, and ``run.stop(reason)`` ends training there."""
+
+    flow: Flow
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    history: VariationalHistory
+    global_step: int = 0
+    main: bool = True
+    stop_reason: str | None = None
+
+    def stop(self, reason: str) -> None:
+        """End training after this record, with ``reason`` as ``history.stopped``."""
+        self.stop_reason = reason
 
 
 def annealing(step: int, anneal: int | None, beta0: float = 0.01) -> float:
@@ -89,6 +110,7 @@ def fit_variational(
     dtype: torch.dtype | None = None,
     seed: int | None = 0,
     callback: Callable[[dict[str, Any]], None] | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> VariationalHistory:
     r"""Fit ``flow`` to the unnormalised ``target`` by minimising the reverse KL with Adam.
 
@@ -116,6 +138,10 @@ def fit_variational(
         dtype: as in `flowforge.fit()`.
         seed: as in `flowforge.fit()`.
         callback: called with each record.
+        callbacks: `flowforge.training.callbacks.Callback` objects, as in
+            `flowforge.fit()`: ``on_fit_start``, ``on_step_end`` after every step,
+            ``on_epoch_end`` with each record (every ``log_every`` steps; ``run.stop``
+            ends training there), ``on_fit_end``; ``run`` is a `VariationalRun`.
 
     Returns:
         The `VariationalHistory`. A NaN or infinite objective stops training with a
@@ -150,6 +176,9 @@ def fit_variational(
         )
     scheduler = plan.scheduler
     history = VariationalHistory()
+    hooks = [EachEpoch(callback)] if callback is not None else []
+    hooks += check_callbacks(callbacks)
+    run = VariationalRun(flow, optimizer, scheduler, history)
     flow.train()
     lines = progress and not is_terminal(sys.stderr)  # a log file: one line every 5% of steps
     shown = logs.showing_progress(lines)  # the lines through logging, on stderr by default
@@ -158,6 +187,8 @@ def fit_variational(
     next_line = 0
     elbo_sum, loss_sum, count, started = 0.0, 0.0, 0, time.perf_counter()
     try:
+        for hook in hooks:
+            hook.on_fit_start(run)
         for step in range(steps):
             beta = annealing(step, anneal, beta0)
             z, log_q = flow.sample_and_log_prob(batch_size)
@@ -175,6 +206,11 @@ def fit_variational(
             elbo_sum += (log_p - log_q).detach().mean()
             loss_sum += loss.detach()
             count += 1
+            run.global_step = step + 1
+            if hooks:  # (a float of the loss only where a hook takes it)
+                value = loss.item()
+                for hook in hooks:
+                    hook.on_step_end(run, value)
             if (step + 1) % log_every == 0 or step + 1 == steps:
                 record = {
                     "step": step + 1,
@@ -190,9 +226,12 @@ def fit_variational(
                 if lines and (step + 1 >= next_line or step + 1 == steps):
                     PROGRESS.info(_step_line(record, steps))
                     next_line = step + 1 + max(1, steps // 20)
-                if callback is not None:
-                    callback(record)
+                for hook in hooks:
+                    hook.on_epoch_end(run, record)
                 elbo_sum, loss_sum, count, started = 0.0, 0.0, 0, time.perf_counter()
+                if run.stop_reason is not None:
+                    history.stopped = run.stop_reason
+                    break
     except KeyboardInterrupt:
         history.stopped = f"interrupted at step {len(history.records) * log_every + count}"
     except FloatingPointError as error:
@@ -202,6 +241,8 @@ def fit_variational(
     finally:
         bar.close()
         flow.eval()
+        for hook in hooks:
+            hook.on_fit_end(run)
         shown.__exit__(None, None, None)
     return history
 

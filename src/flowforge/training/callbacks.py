@@ -15,7 +15,9 @@ A callback overrides any of four hooks; `fit` calls them on every rank of a dist
 ``run.global_step`` (steps taken) and ``run.main``. `fit` builds its own options from the
 callbacks here (``patience`` is `EarlyStopping`, ``metrics`` is `MetricsFile`,
 ``tensorboard`` is `TensorBoard`, ``callback`` is `EachEpoch`) and runs the user's
-``callbacks`` after them.
+``callbacks`` after them. ``ff.fit_variational(callbacks=...)`` calls the same hooks, a
+record (every ``log_every`` steps) standing for an epoch
+(`flowforge.inference.variational.VariationalRun`).
 
 Examples:
     >>> class StopBelow(Callback):
