@@ -183,9 +183,9 @@ SCHEMA: dict[str, Option] = {
         nullable=True,
     ),
     "objective": Option(options.choice("likelihood", "flow-matching")),
-    "coupling": Option(options.choice("independent", "ot", "sinkhorn")),
-    "coupling_reg": training_options.POSITIVE,
-    "sigma_min": Option(_UNIT),
+    "coupling": training_options.FLOW_MATCHING["coupling"],
+    "coupling_reg": training_options.FLOW_MATCHING["reg"],
+    "sigma_min": training_options.FLOW_MATCHING["sigma_min"],
     "adam_betas": Option(
         options.listed(_UNIT, "two numbers in [0, 1) such as [0.9, 0.99]", length=2),
         nullable=True,

@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from flowforge.flows.distributions import StandardNormal
 from flowforge.flows.flow import Flow
 from flowforge.runtime import extras
+from flowforge.training import options
 from flowforge.transforms.continuous import ContinuousFlow
 
 Coupling = Literal["independent", "ot", "sinkhorn"]
@@ -140,19 +141,14 @@ class FlowMatching(Objective):
     def __init__(
         self, coupling: Coupling = "independent", sigma_min: float = 0.0, reg: float = 0.05
     ) -> None:
-        if coupling not in ("independent", "ot", "sinkhorn"):
-            raise ValueError(
-                f"coupling must be 'independent', 'ot' or 'sinkhorn', got {coupling!r}"
-            )
-        if not (isinstance(sigma_min, int | float) and 0 <= sigma_min < 1):
-            raise ValueError(f"sigma_min must be a number in [0, 1), got {sigma_min!r}")
-        self.coupling, self.sigma_min = coupling, float(sigma_min)
+        schema = options.FLOW_MATCHING
+        self.coupling = schema["coupling"].check("coupling", coupling)
+        self.sigma_min = schema["sigma_min"].check("sigma_min", sigma_min)
         if coupling == "sinkhorn":  # recorded (and fixed on resume) only where it applies
-            if isinstance(reg, bool) or not (isinstance(reg, int | float) and reg > 0):
-                raise ValueError(f"reg must be a positive number, got {reg!r}")
+            reg = schema["reg"].check("reg", reg)
             if not extras.installed("ot"):
                 raise extras.MissingExtraError("coupling 'sinkhorn'", "ot")
-            self.reg = float(reg)
+            self.reg = reg
 
     def check(self, flow: Flow) -> None:
         if not isinstance(flow.transform, ContinuousFlow):

@@ -59,4 +59,11 @@ VARIATIONAL: dict[str, Option] = {
     "schedule": Option(choice("cosine"), nullable=True),
 }
 
-__all__ = ["DECAY", "FIT", "SEED", "VARIATIONAL", "check"]
+# FlowMatching's options (the run config's "coupling", "coupling_reg", "sigma_min")
+FLOW_MATCHING: dict[str, Option] = {
+    "coupling": Option(choice("independent", "ot", "sinkhorn")),
+    "sigma_min": Option(number(0.0, below=1.0, what="a number in [0, 1)")),
+    "reg": POSITIVE,
+}
+
+__all__ = ["DECAY", "FIT", "FLOW_MATCHING", "SEED", "VARIATIONAL", "check"]
