@@ -142,3 +142,25 @@ def test_a_callback_stops_fit_variational_at_a_record():
     assert [r["step"] for r in history.records] == [5, 10]
     assert history.stopped == "stopped by VariationalRecorder"
     assert recorder.calls[-1] == ("end", 2)
+
+
+class CheckpointWatcher(Callback):
+    """At each epoch's end: run.epoch, and how many epochs the checkpoint on disk holds."""
+
+    def __init__(self, directory) -> None:
+        self.directory, self.seen = directory, []
+
+    def on_epoch_end(self, run, record):
+        metadata, _ = ff.training.checkpoint.read(self.directory)
+        self.seen.append((record["epoch"], run.epoch, len(metadata["history"]["epochs"])))
+
+
+def test_the_checkpoint_is_written_after_the_users_callbacks(tmp_path):
+    """fit's Checkpointing runs last: a user's on_epoch_end sees the previous epoch's
+    checkpoint, and run.epoch counts the epochs finished."""
+    ff.fit(small_flow(), data(200, 0), epochs=1, batch_size=100, checkpoint=tmp_path,
+           checkpoint_every=1, progress=False)  # fmt: skip
+    watcher = CheckpointWatcher(tmp_path)
+    ff.fit(small_flow(), data(200, 0), epochs=3, batch_size=100, checkpoint=tmp_path,
+           resume=True, callbacks=[watcher], progress=False)  # fmt: skip
+    assert watcher.seen == [(2, 2, 1), (3, 3, 2)]

@@ -14,8 +14,12 @@ A callback overrides any of four hooks; `fit` calls them on every rank of a dist
 ``run.scheduler``, ``run.history`` (a `History`), ``run.epoch`` (epochs finished),
 ``run.global_step`` (steps taken) and ``run.main``. `fit` builds its own options from the
 callbacks here (``patience`` is `EarlyStopping`, ``metrics`` is `MetricsFile`,
-``tensorboard`` is `TensorBoard`, ``callback`` is `EachEpoch`) and runs the user's
-``callbacks`` after them. ``ff.fit_variational(callbacks=...)`` calls the same hooks, a
+``tensorboard`` is `TensorBoard`, ``callback`` is `EachEpoch`, ``checkpoint`` and
+``checkpoint_every`` are `Checkpointing`) and runs the user's ``callbacks`` after them,
+`Checkpointing` last. The divergence guard and the moving average of the weights stay in
+the loop: the guard decides whether a step is taken at all, before the optimizer's step,
+and the average is the weights that validation scores and the checkpoint keeps, points
+these hooks do not reach. ``ff.fit_variational(callbacks=...)`` calls the same hooks, a
 record (every ``log_every`` steps) standing for an epoch
 (`flowforge.inference.variational.VariationalRun`).
 
@@ -111,6 +115,22 @@ class TensorBoard(Callback):
             self.writer = None
 
 
+class Checkpointing(Callback):
+    """Save the run's state (``run.save()``, `flowforge.training.checkpoint`) every
+    ``every`` steps inside an epoch, and at every epoch's end. `fit` runs it after every
+    other callback, so that an epoch's checkpoint holds what they did (a stop included)."""
+
+    def __init__(self, every: int | None = None) -> None:
+        self.every = every
+
+    def on_step_end(self, run: Any, loss: float) -> None:
+        if self.every and run.global_step % self.every == 0 and run.step != run.steps_per_epoch:
+            run.save()  # (the epoch's end saves anyway)
+
+    def on_epoch_end(self, run: Any, record: dict[str, Any]) -> None:
+        run.save()
+
+
 class EachEpoch(Callback):
     """A function called with each epoch's record (`fit`'s ``callback=``)."""
 
@@ -140,6 +160,7 @@ def check_callbacks(callbacks: Any) -> list[Callback]:
 
 __all__ = [
     "Callback",
+    "Checkpointing",
     "EachEpoch",
     "EarlyStopping",
     "MetricsFile",

@@ -39,6 +39,7 @@ from flowforge.training.batches import (
 )
 from flowforge.training.callbacks import (
     Callback,
+    Checkpointing,
     EachEpoch,
     EarlyStopping,
     MetricsFile,
@@ -250,6 +251,7 @@ def fit(
     hooks += [TensorBoard(tensorboard)] if tensorboard is not None else []
     hooks += [EachEpoch(callback)] if callback is not None else []
     hooks += check_callbacks(callbacks)
+    hooks += [Checkpointing(checkpoint_every)] if checkpoint is not None else []  # last
     if checkpoint is not None and not resume and parallel.restart_count() > 0:
         resume = True  # torchrun restarted the group after a worker died: go on from the checkpoint
         if parallel.launched_rank() == 0:
@@ -599,8 +601,10 @@ class _Trainer:
 
     def stop(self, reason: str) -> None:
         """End training after this epoch (a callback's request), with ``reason`` as
-        ``history.stopped``."""
+        ``history.stopped`` (at once at an epoch's end, so that its checkpoint says so)."""
         self.stop_reason = reason
+        if not self.in_epoch:
+            self.history.stopped = reason
 
     def run(self, progress: bool) -> History:
         flow = self.flow
@@ -664,7 +668,7 @@ class _Trainer:
         """Train the rest of the current epoch, validate, record, save; return whether to
         stop early."""
         self.flow.train()
-        started = time.perf_counter() - self.seconds
+        self.started = time.perf_counter() - self.seconds
         if not self.in_epoch:
             with interrupts.deferred():
                 self.batches.start(self.generator, self.epoch)
@@ -674,17 +678,13 @@ class _Trainer:
             with interrupts.deferred():
                 if not self._train_step():
                     break
-                self.seconds = time.perf_counter() - started
                 bar.update()
                 if self.step % 10 == 0:
                     running = self.total / max(self.count, 1)
                     postfix = _postfix(self.epoch, running, self.history, self.last_statistics)
                     bar.set_postfix_str(postfix, refresh=False)
-                every = self.checkpoint_every
-                if every and self.global_step % every == 0 and self.step != self.steps_per_epoch:
-                    self.save()  # (an epoch's end saves anyway)
         with interrupts.deferred():
-            return self._end_epoch(bar, time.perf_counter() - started)
+            return self._end_epoch(bar, time.perf_counter() - self.started)
 
     def _train_step(self) -> bool:
         """Train on the epoch's next batch; False if the epoch has no batch left."""
@@ -728,7 +728,8 @@ class _Trainer:
             self.scheduler.step()
         self.step += 1
         self.global_step += 1
-        for hook in self.callbacks:
+        self.seconds = time.perf_counter() - self.started
+        for hook in self.callbacks:  # fit's, the user's, then the checkpoint's
             hook.on_step_end(self, value)
         return True
 
@@ -811,13 +812,13 @@ class _Trainer:
         bar.set_postfix_str(_postfix(self.epoch, running or math.nan, self.history))
         if self.epoch_lines:
             PROGRESS.info(_epoch_line(record, self.epochs, self.history))
-        for hook in self.callbacks:  # fit's (early stopping, files, callback=), the user's
-            hook.on_epoch_end(self, record)
-        if self.stop_reason is not None:
-            self.history.stopped = self.stop_reason
         self.epoch, self.step, self.in_epoch = self.epoch + 1, 0, False
         self.total, self.count, self.seconds, self.penalty_total = 0.0, 0, 0.0, 0.0
-        self.save()
+        if self.stop_reason is not None:  # asked for during the epoch
+            self.history.stopped = self.stop_reason
+        # fit's (early stopping, files, callback=), the user's, then the checkpoint's
+        for hook in self.callbacks:
+            hook.on_epoch_end(self, record)
         return self.stop_reason is not None
 
 
