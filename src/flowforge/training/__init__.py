@@ -1,7 +1,14 @@
 """Training: `fit()` by maximum likelihood or flow matching, its results, checkpoints,
 divergence guard, callbacks, optimisers and sources of batches."""
 
-from flowforge.training.callbacks import Callback, EarlyStopping, MetricsFile, TensorBoard
+from flowforge.training.callbacks import (
+    Callback,
+    Checkpointing,
+    EachEpoch,
+    EarlyStopping,
+    MetricsFile,
+    TensorBoard,
+)
 from flowforge.training.divergence import DivergenceError
 from flowforge.training.loop import fit
 from flowforge.training.objectives import FlowMatching, Likelihood, Objective
@@ -16,7 +23,9 @@ from flowforge.training.results import (
 
 __all__ = [
     "Callback",
+    "Checkpointing",
     "DivergenceError",
+    "EachEpoch",
     "EarlyStopping",
     "FlowMatching",
     "History",
