@@ -141,6 +141,8 @@ def run_flowforge(
             raise TargetReachedError
 
     events: list = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(int(options.pop("threads", threads)))  # a variant: threads=N
     try:
         settings = fit_settings(row, len(data.train), options)
         history = ff.fit(
@@ -156,6 +158,8 @@ def run_flowforge(
         events = history.events
     except TargetReachedError:
         pass
+    finally:
+        torch.set_num_threads(threads)
     return curve, events
 
 
@@ -430,7 +434,7 @@ def main(argv: list[str] | None = None) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="also run ff.fit with this keyword changed, e.g. lr=2e-3 or batch_size=512, "
-        "or Adam's betas=0.9,0.99 or eps=1e-6, or warmup=STEPS (the contestant "
+        "or Adam's betas=0.9,0.99 or eps=1e-6, or warmup=STEPS, or threads=N (the contestant "
         "'flowforge KEY=VALUE', not compared; repeatable)",
     )
     parser.add_argument("--no-peers", action="store_true", help="flowforge's contestants only")

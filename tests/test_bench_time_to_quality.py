@@ -114,3 +114,16 @@ def test_a_variant_of_adams_betas_and_a_warm_up_become_fit_keywords():
         "batch_size": row.batch_size,
         "lr": 2e-3,
     }
+
+
+def test_a_threads_variant_trains_on_that_many_threads_and_restores_them(monkeypatch):
+    row = ttq.ROWS["two-moons-realnvp"]
+    data = ttq.dataset(row)
+    seen = []
+    fit = ttq.ff.fit
+    monkeypatch.setattr(
+        ttq.ff, "fit", lambda *a, **k: seen.append(torch.get_num_threads()) or fit(*a, **k)
+    )
+    before = torch.get_num_threads()
+    ttq.run_flowforge(row, data, target=10.0, budget=60.0, seed=0, threads=before + 1)
+    assert seen == [before + 1] and torch.get_num_threads() == before
