@@ -175,6 +175,7 @@ def test_booleans_are_not_numbers_and_numbers_are_not_booleans():
     assert not options.FIT["compile"].accepts(1)
     assert options.FIT["compile"].accepts(True) and options.FIT["compile"].accepts("auto")
     assert not options.FIT["progress"].accepts(0)
+    assert not options.FIT["lr"].accepts(10**400)  # beyond float's range: refused, not raised
 
 
 def test_the_variational_schedule_is_cosine_or_none_everywhere(capsys):

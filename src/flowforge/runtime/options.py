@@ -92,7 +92,12 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer beyond float's range
+        return False
 
 
 def integer(minimum: int | None = None, maximum: int | None = None, what: str = "") -> Kind:
@@ -158,15 +163,15 @@ def choice(*values: Any, spelled: Mapping[str, Any] | None = None) -> Kind:
 
 def _one_of(values: Sequence[Any], spelling: Spelling) -> str:
     """``"a, b or c"``, each value as Python (``repr``) or YAML (``true``, ``null``) spells it."""
-    yaml_words = {True: "true", False: "false", None: "null"}
-    shown = [
-        repr(v)
-        if spelling == "python"
-        else yaml_words.get(v, v)
-        if v is None or isinstance(v, bool)
-        else str(v)
-        for v in values
-    ]
+
+    def spelled(value: Any) -> str:
+        if spelling == "python":
+            return repr(value)
+        if value is None or isinstance(value, bool):
+            return {None: "null", True: "true", False: "false"}[value]
+        return str(value)
+
+    shown = [spelled(v) for v in values]
     return shown[0] if len(shown) == 1 else f"{', '.join(shown[:-1])} or {shown[-1]}"
 
 
@@ -212,7 +217,7 @@ def custom(what: str, accepts: Callable[[Any], bool], read: Callable[[str], Any]
     return Kind(expected=lambda spelling: what, accepts=accepts, read=read)
 
 
-__all__: Sequence[str] = [
+__all__ = [
     "BOOLEAN",
     "Kind",
     "Option",
