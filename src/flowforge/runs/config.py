@@ -164,10 +164,9 @@ _POSITIVE_INT = Option(options.integer(1), nullable=True)
 _PATH = Option(options.text("a directory path"), nullable=True)
 _UNIT = options.number(0.0, below=1.0, what="a number in [0, 1)")
 
-# The schema of every config key (and flag) of `flowforge fit` and `flowforge vi`: the
-# training options of `flowforge.training.options` under the same names (fit's where
-# fit_variational's differs: ``schedule``, which ff.fit_variational narrows to cosine or
-# None), and the run's own.
+# The schema of every config key (and flag) of `flowforge fit`: the training options of
+# `flowforge.training.options` under the same names, and the run's own (`VI_SCHEMA` below
+# for `flowforge vi`).
 SCHEMA: dict[str, Option] = {
     **training_options.FIT,
     **{k: v for k, v in training_options.VARIATIONAL.items() if k not in training_options.FIT},
@@ -215,16 +214,18 @@ def checked(key: str, value: Any, schema: Mapping[str, Option] = SCHEMA) -> Any:
     """The value of config key ``key`` in its normal form (a string that spells a number or
     a list, as YAML leaves ``1e-3``, read as one); else one `ConfigError` line."""
     option = schema[key]
-    if isinstance(value, list) and not option.accepts(value):  # [0.9, "1e-3"]
-        value = [_number_or_text(v) for v in value]
-    if isinstance(value, str) and not option.accepts(value):
+    if option.accepts(value):
+        return None if value is None else option.kind.normal(value)
+    if isinstance(value, list):  # [0.9, "1e-3"]
+        numbers = [_number_or_text(v) for v in value]
+        if option.accepts(numbers):
+            return option.kind.normal(numbers)
+    if isinstance(value, str):
         try:
             return option.read(value)
         except ValueError:
             pass
-    if not option.accepts(value):
-        raise ConfigError(f"config value {key!r} must be {option.expected('yaml')}, got {value!r}")
-    return None if value is None else option.kind.normal(value)
+    raise ConfigError(f"config value {key!r} must be {option.expected('yaml')}, got {value!r}")
 
 
 MAX_YAML_VALUES = 1_000_000  # values in a config file, counting each use of a YAML alias
