@@ -193,8 +193,8 @@ def fit(
             part; a ``DataLoader`` of a ``DistributedSampler`` gives each rank its own
             batches: `flowforge.training.batches`), the validation sums are all-reduced,
             and only rank 0 writes checkpoints, metrics, TensorBoard logs and the progress
-            bar; the result equals
-            the one-process run's up to the order of floating-point sums.
+            bar; the result equals the one-process run's up to the order of floating-point
+            sums.
         compile: ``"auto"`` (the default) compiles the training step with ``torch.compile``
             when the steps left repay the compile time, judged from the eager step time
             measured over the first steps (`flowforge.training.compiling`), and goes back to
@@ -331,7 +331,8 @@ class _Trainer:
         self.flow, self.train, self.val = flow, train, val
         for name, value in options.items():  # epochs, batch_size, lr, ... as fit's arguments
             setattr(self, name, value)
-        # a data-parallel run reads a dataset's batches in shards, where the objective can
+        # a data-parallel run reads a dataset's batches in shards, unless the objective
+        # draws for the global batch (flow matching's noise and pairing)
         shard = None if self.workers is None or self.objective.draws else self.workers.shard
         self.batches: Batches = batches_of(train, self.batch_size, flow.context_dim != 0, shard)
         if self.batches.local and self.workers is None:
