@@ -135,9 +135,10 @@ def table(results: dict) -> str:
     for row in results["rows"]:
         at = {point["epoch"]: point["val_ll"] for point in row["curve"]}
         last = row["curve"][-1]
-        test = (
-            "running" if "test_ll" not in row else f"{row['test_ll']:.1f} ± {row['test_ll_se']:.1f}"
-        )
+        if "test_ll" in row:
+            test = f"{row['test_ll']:.1f} ± {row['test_ll_se']:.1f}"
+        else:  # still running, or stopped before its last epoch (not tested)
+            test = "running" if row["stopped"].startswith("running") else "stopped, not tested"
         bpd = "" if "test_bpd" not in row else f"{row['test_bpd']:.3f}"
         early = " / ".join(f"{at[e]:.1f}" if at.get(e) is not None else "-" for e in (10, 20))
         lines.append(
