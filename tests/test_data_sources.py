@@ -219,3 +219,33 @@ def test_a_conditional_flow_reads_x_and_context_from_the_items():
     assert same_weights(split_run, dataset_run)
     with pytest.raises(ValueError, match="the flow is conditional but the batches have no context"):
         ff.fit(conditional(), TensorDataset(x), epochs=1, progress=False)
+
+
+def test_a_sharded_dataset_reads_only_its_part_of_each_batch():
+    """`DatasetBatches` with a rank's ``shard``: the rows of its part of the run's batch,
+    read alone; an empty part is an empty batch of the item's shape."""
+    from flowforge.training.batches import DatasetBatches, SplitBatches
+
+    reads = []
+
+    class Logged(TensorDataset):
+        def __getitem__(self, index):
+            reads.append(index)
+            return super().__getitem__(index)
+
+    x = torch.arange(20.0).reshape(10, 2)
+    whole, part = (
+        SplitBatches(ff.datasets.Split(x), 4),
+        DatasetBatches(Logged(x), 4, conditional=False, shard=lambda n: slice(n - n // 2, n)),
+    )
+    whole.start(torch.Generator().manual_seed(0))
+    part.start(torch.Generator().manual_seed(0))
+    for step in range(3):  # batches of 4, 4 and 2 rows; this rank's part: the last half
+        expected = whole.next(step, torch.Generator())[0]
+        got, _ = part.next(step, torch.Generator())
+        assert torch.equal(got, expected[len(expected) - len(expected) // 2 :])
+    assert len(reads) == 2 + 2 + 1 and part.local
+    empty = DatasetBatches(Logged(x), 4, conditional=False, shard=lambda n: slice(0, 0))
+    empty.start(torch.Generator())
+    got, context = empty.next(0, torch.Generator())
+    assert got.shape == (0, 2) and context is None
