@@ -107,6 +107,7 @@ CASES = [
     ),
     Case("diagonal-scaling", T.DiagonalScaling),
     Case("diagonal-scaling-data", lambda d: T.DiagonalScaling(d, target_scale=1.8)),
+    Case("diagonal-scaling-gain", lambda d: T.DiagonalScaling(d, target_scale=1.8, gain=10.0)),
     Case("actnorm", T.ActNorm),
     Case("standardize", lambda d: T.Standardize(torch.randn(d), torch.rand(d) + 0.2)),
     Case(

@@ -56,3 +56,33 @@ def test_nice_starts_nearer_the_data_with_the_scaling_from_the_data(tmp_path):
     assert torch.equal(loaded.log_prob(x), from_data.log_prob(x))
     with pytest.raises(ValueError, match="scale_init must be 'zeros' or 'data', got 'ones'"):
         ff.models.nice(64, scale_init="ones")
+
+
+def test_a_gain_moves_the_scaling_that_many_times_as_fast_under_adam():
+    """s = k theta: one Adam step moves theta by about lr whatever the gradient, so s moves
+    k lr (float64; Adam's first step is lr * g / (|g| + eps), lr to within eps / |g|)."""
+    x = torch.rand(64, 3, dtype=torch.float64) * 1e-2
+    moved = {}
+    for gain in (1.0, 10.0):
+        layer = DiagonalScaling(3, gain=gain).double()
+        optimizer = torch.optim.Adam(layer.parameters(), lr=1e-3)
+        z, logdet = layer(x)
+        loss = -(ff.StandardLogistic(3).double().log_prob(z) + logdet).mean()
+        loss.backward()
+        optimizer.step()
+        moved[gain] = layer.scale.detach()
+    torch.testing.assert_close(moved[1.0].abs(), torch.full((3,), 1e-3, dtype=torch.float64))
+    torch.testing.assert_close(moved[10.0], 10 * moved[1.0])
+    with pytest.raises(ValueError, match="gain must be a positive number, got 0"):
+        DiagonalScaling(3, gain=0)
+
+
+def test_a_gained_scaling_from_the_data_starts_at_the_same_spread(tmp_path):
+    x = torch.randn(500, 2, dtype=torch.float64) * torch.tensor([1e-3, 2.0], dtype=torch.float64)
+    plain = DiagonalScaling(2, target_scale=1.8).double()
+    gained = DiagonalScaling(2, target_scale=1.8, gain=10.0).double()
+    torch.testing.assert_close(gained(x)[0], plain(x)[0])
+    torch.testing.assert_close(gained.log_scale * 10, plain.log_scale)
+    flow = ff.models.nice(4, layers=2, hidden=(8,), scale_gain=10.0)
+    ff.save(flow, tmp_path / "nice")
+    assert ff.load(tmp_path / "nice").transform.transforms[-1].gain == 10.0
