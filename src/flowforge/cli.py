@@ -23,7 +23,7 @@ from flowforge.nn.velocity import TimeMLP
 from flowforge.runs.config import SCHEMA, VI_SCHEMA
 from flowforge.runtime import interrupts, logs
 from flowforge.runtime.files import one_line
-from flowforge.runtime.options import Option, integer, number
+from flowforge.runtime.options import Option, integer, number, spelled
 from flowforge.training.loop import DivergenceError
 from flowforge.training.options import FIT, SEED
 from flowforge.transforms.continuous import METHODS
@@ -126,10 +126,7 @@ def _add_option(
     and ``ff.fit``'s keyword take the same values."""
     option = schema[key]
     if option.kind.values is not None:  # a choice: list its words as argparse would
-        kwargs.setdefault(
-            "metavar",
-            "{" + option.kind.expected("yaml").replace(" or ", ",").replace(", ", ",") + "}",
-        )
+        kwargs.setdefault("metavar", "{" + ",".join(map(spelled, option.kind.values)) + "}")
     group.add_argument(
         *(flags or [f"--{key.replace('_', '-')}"]), dest=key, type=_typed(option), **kwargs
     )

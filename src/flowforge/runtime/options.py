@@ -161,17 +161,18 @@ def choice(*values: Any, spelled: Mapping[str, Any] | None = None) -> Kind:
     )
 
 
+def spelled(value: Any, spelling: Spelling = "yaml") -> str:
+    """A value as Python (``repr``) or YAML (``true``, ``null``, a bare word) writes it."""
+    if spelling == "python":
+        return repr(value)
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    return str(value)
+
+
 def _one_of(values: Sequence[Any], spelling: Spelling) -> str:
-    """``"a, b or c"``, each value as Python (``repr``) or YAML (``true``, ``null``) spells it."""
-
-    def spelled(value: Any) -> str:
-        if spelling == "python":
-            return repr(value)
-        if value is None or isinstance(value, bool):
-            return {None: "null", True: "true", False: "false"}[value]
-        return str(value)
-
-    shown = [spelled(v) for v in values]
+    """``"a, b or c"``, each value spelled as ``spelling`` writes it."""
+    shown = [spelled(v, spelling) for v in values]
     return shown[0] if len(shown) == 1 else f"{', '.join(shown[:-1])} or {shown[-1]}"
 
 
@@ -228,5 +229,6 @@ __all__ = [
     "listed",
     "mapping",
     "number",
+    "spelled",
     "text",
 ]
