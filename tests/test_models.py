@@ -226,3 +226,20 @@ def test_actnorm_in_a_flow_initialises_from_the_first_batch():
     z, _ = flow.transform(x)
     torch.testing.assert_close(z.mean(0), torch.zeros(dim), atol=1e-5, rtol=0)
     torch.testing.assert_close(z.std(0, unbiased=False), torch.ones(dim), atol=1e-5, rtol=0)
+
+
+def test_a_checkpoint_from_before_a_builder_argument_resumes(tmp_path):
+    """A model saved before a builder argument existed (its config lacks it) was built with
+    that argument's default: resuming with today's builder is not refused."""
+    x = torch.randn(64, 4)
+    old = ff.models.nice(4, layers=2, hidden=(8,))
+    old.config = {k: v for k, v in old.config.items() if k != "scale_gain"}  # as saved before
+    ff.fit(old, x, epochs=1, batch_size=32, checkpoint=tmp_path, progress=False)
+    assert ff.models.with_defaults(old.config) == ff.models.nice(4, layers=2, hidden=(8,)).config
+    new = ff.models.nice(4, layers=2, hidden=(8,))
+    history = ff.fit(new, x, epochs=2, batch_size=32, checkpoint=tmp_path, resume=True,
+                     progress=False)  # fmt: skip
+    assert len(history.epochs) == 2
+    other = ff.models.nice(4, layers=2, hidden=(8,), scale_gain=2.0)  # a real change: refused
+    with pytest.raises(ValueError, match=r"the model changed \(scale_gain 1.0 -> 2.0\)"):
+        ff.fit(other, x, epochs=3, checkpoint=tmp_path, resume=True, progress=False)

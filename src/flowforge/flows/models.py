@@ -69,6 +69,21 @@ def _builder(function: Callable[..., Flow]) -> Callable[..., Flow]:
     return build_and_record
 
 
+def with_defaults(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` (a ``flow.config``) with its builder's default for every argument it lacks,
+    as a model saved before that argument existed was built; a config of no builder as it
+    is."""
+    builder = MODELS.get(config.get("model")) if isinstance(config.get("model"), str) else None
+    if builder is None:
+        return dict(config)
+    defaults = {
+        name: list(p.default) if isinstance(p.default, tuple) else p.default
+        for name, p in inspect.signature(builder).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+    return {**defaults, **config}
+
+
 def build(config: Mapping[str, Any], *, max_parameters: int | None = None) -> Flow:
     """Rebuild a model from a ``flow.config`` dictionary (fresh parameters), refusing one
     that is too large before allocating it.

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from flowforge.datasets.base import Split
+from flowforge.flows import models
 from flowforge.flows.flow import Flow
 from flowforge.runtime import devices, interrupts, logs
 from flowforge.training import checkpoint, compiling, objectives, options
@@ -465,6 +466,8 @@ class _Trainer:
         """Continue from the checkpoint: refuse changed settings, apply the allowed ones."""
         metadata, tensors = checkpoint.read(self.checkpoint)
         saved = metadata.get("settings") or {}
+        if isinstance(saved.get("model"), dict):  # saved before a builder argument existed
+            saved = {**saved, "model": models.with_defaults(saved["model"])}
         changed = [
             key for key in REFUSED_ON_RESUME if key in saved and saved[key] != self.settings[key]
         ]
