@@ -214,6 +214,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--table", action="store_true", help="print the table of --out")
     parser.add_argument("--figure", type=Path, help="draw the pilots' curves of --out to a PNG")
     parser.add_argument(
+        "--samples", type=Path, help="draw 64 samples of the finished pilot's model to a PNG"
+    )
+    parser.add_argument(
         "--snapshot", action="store_true", help="record the curve so far of a running pilot"
     )
     args = parser.parse_args(argv)
@@ -252,6 +255,9 @@ def main(argv: list[str] | None = None) -> None:
     if history.stopped == "finished" and len(history.epochs) == args.epochs:
         test = ff.evaluate(flow, data.test)
         row.update(test_ll=-test.nll, test_ll_se=test.nll_se, test_bpd=test.bits_per_dim)
+        if args.samples:  # the best epoch's model, as fit leaves it
+            torch.manual_seed(0)
+            ff.plots.plot_samples_images(flow, args.samples, n=64, levels=256)
     _write(args, row, argv)
 
 
